@@ -1,0 +1,213 @@
+"""The decode loop: prefill once into a static KV cache, then one token per step.
+
+One path serves ``generate``, chat, the CLI and the web page. Callers stop early by closing the iterator
+(e.g. on Ctrl+C); nothing else needs cleaning up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+
+from ..model import ContextLengthError
+from .config import GenerationConfig
+from .sampling import process_logits, seen_tokens, select_next
+
+if TYPE_CHECKING:
+    from ..model import BaichuanForCausalLM
+
+
+class StopStringMatcher:
+    """Finds stop strings in streamed text without ever emitting text that belongs to one.
+
+    ``feed(delta)`` returns ``(safe_text, stopped)``: text that can be shown now, and whether a stop string
+    was completed (the stop string and anything after it are dropped). Text that could still be the start of a
+    stop string is held back until it is decided; ``flush()`` returns it at the end of the stream.
+    """
+
+    def __init__(self, stop_strings: list[str] | tuple[str, ...] = ()):
+        self.stop_strings = [s for s in stop_strings if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        if not self.stop_strings:
+            return delta, False
+        self.pending += delta
+        hits = [(self.pending.find(s), s) for s in self.stop_strings if s in self.pending]
+        if hits:
+            cut = min(i for i, _ in hits)
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        # Hold back the longest suffix that is a proper prefix of some stop string.
+        hold = 0
+        for s in self.stop_strings:
+            for n in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:n]):
+                    hold = n
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return "" if self.stopped else out
+
+
+def resolve_config(model: "BaichuanForCausalLM", generation_config: GenerationConfig | None,
+                   overrides: dict[str, Any]) -> GenerationConfig:
+    """The explicit config, else the model's, else defaults from config.json; then ``overrides`` applied."""
+    cfg = generation_config or model.generation_config or GenerationConfig.from_model_config(model.config)
+    return cfg.update(**overrides) if overrides else cfg
+
+
+def _new_token_budget(model: "BaichuanForCausalLM", prompt_len: int, max_new_tokens: int) -> int:
+    context = model.config.max_position
+    if model.config.allow_length_extrapolation:
+        return max_new_tokens
+    if prompt_len >= context:
+        raise ContextLengthError(
+            f"prompt of {prompt_len} tokens leaves no room to generate within the model's context of "
+            f"{context} tokens; shorten the prompt"
+        )
+    return min(max_new_tokens, context - prompt_len)
+
+
+@torch.inference_mode()
+def stream_tokens(
+    model: "BaichuanForCausalLM",
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    tokenizer: Any = None,
+    **overrides: Any,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, [B] LongTensor, one step at a time.
+
+    Rows that have finished (eos, or a stop string when a ``tokenizer`` is given) yield ``pad_token_id``. The
+    number of steps is ``max_new_tokens``, capped by the context length.
+    """
+    cfg = resolve_config(model, generation_config, overrides)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    B, T = input_ids.shape
+    if T == 0:
+        raise ValueError("input_ids is empty: generation needs at least one prompt token")
+    if cfg.stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the output")
+    max_new = _new_token_budget(model, T, int(cfg.max_new_tokens))
+    if max_new == 0:
+        return
+    device = model.device
+    input_ids = input_ids.to(device)
+    mask = torch.ones(B, T + max_new, dtype=torch.long, device=device)
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape {[B, T]}")
+        mask[:, :T] = attention_mask.to(device)
+
+    logits_device = model.lm_head.weight.device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=logits_device)
+        generator.manual_seed(cfg.seed)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = seen_tokens(input_ids.to(logits_device), mask[:, :T].to(logits_device), model.config.vocab_size)
+    eos = torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=logits_device)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_ids or [0])[0]
+    finished = torch.zeros(B, dtype=torch.bool, device=logits_device)
+    matchers = decoders = None
+    if cfg.stop_strings:
+        matchers = [StopStringMatcher(cfg.stop_strings) for _ in range(B)]
+        decoders = [tokenizer.stream_decoder(skip_special_tokens=True) for _ in range(B)]
+
+    cache = model.new_cache(B, T + max_new)
+    logits = model(input_ids, attention_mask=mask[:, :T], cache=cache, logits_to_keep=1).logits[:, -1]
+    for step in range(max_new):
+        logits = process_logits(logits, seen, cfg)
+        nxt = select_next(logits, cfg, generator)  # [B]
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        yield nxt
+        if seen is not None:
+            seen[torch.arange(B, device=logits_device), nxt] |= ~finished
+        finished |= torch.isin(nxt, eos)
+        if matchers is not None:
+            for row, token in enumerate(nxt.tolist()):
+                if not finished[row]:
+                    _, stopped = matchers[row].feed(decoders[row].put(token))
+                    if stopped:
+                        finished[row] = True
+        if bool(finished.all()) or step == max_new - 1:
+            return
+        S = T + step + 1
+        logits = model(nxt[:, None].to(device), attention_mask=mask[:, : S], cache=cache,
+                       logits_to_keep=1).logits[:, -1]
+
+
+def generate(
+    model: "BaichuanForCausalLM",
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    tokenizer: Any = None,
+    **overrides: Any,
+) -> torch.Tensor:
+    """Generate and return prompt + new ids, [B, T + n].
+
+    Sampling settings come from ``generation_config`` (else ``model.generation_config``), updated by keyword
+    ``overrides`` such as ``max_new_tokens=64, do_sample=True, temperature=0.7, top_k=5, top_p=0.9,
+    repetition_penalty=1.1, seed=0, stop_strings=["\\n\\n"]``. Batches are left padded, with ``attention_mask``
+    marking real tokens; rows that end early are filled with ``pad_token_id``. The eos token (and the token
+    completing a stop string) is kept in the output.
+    """
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    steps = list(stream_tokens(model, input_ids, attention_mask, generation_config, tokenizer, **overrides))
+    if not steps:
+        return input_ids.clone()
+    new = torch.stack(steps, dim=1).to(input_ids.device)  # [B, n]
+    return torch.cat([input_ids, new], dim=1)
+
+
+def stream_text(
+    model: "BaichuanForCausalLM",
+    tokenizer: Any,
+    input_ids: torch.Tensor,
+    generation_config: GenerationConfig | None = None,
+    **overrides: Any,
+) -> Iterator[str]:
+    """Yield the new text of one sequence (batch 1) as it is generated, piece by piece.
+
+    Never yields half a UTF-8 character; stops at eos and before any stop string. O(1) work per token for
+    detokenisation.
+    """
+    cfg = resolve_config(model, generation_config, overrides)
+    if input_ids.dim() == 2 and input_ids.size(0) != 1:
+        raise ValueError("stream_text handles one sequence; use stream_tokens for batches")
+    eos = set(cfg.eos_token_ids)
+    decoder = tokenizer.stream_decoder(skip_special_tokens=True)
+    matcher = StopStringMatcher(cfg.stop_strings)
+    # Stop strings are handled here on the text, so the token loop does not need to decode a second time.
+    tokens = stream_tokens(model, input_ids, None, cfg.update(stop_strings=[]) if cfg.stop_strings else cfg)
+    try:
+        for step in tokens:
+            token = int(step[0])
+            if token in eos:
+                break
+            text, stopped = matcher.feed(decoder.put(token))
+            if text:
+                yield text
+            if stopped:
+                return
+        text, _ = matcher.feed(decoder.flush())
+        text += matcher.flush()
+        if text:
+            yield text
+    finally:
+        tokens.close()

@@ -1,0 +1,429 @@
+"""Baichuan-13B (ALiBi) and Baichuan-7B (RoPE) in one readable file.
+
+Module and parameter names are exactly those of the official checkpoints, so a state dict or a LoRA adapter maps
+one to one::
+
+    model.embed_tokens.weight
+    model.layers.N.self_attn.W_pack.weight      # fused q, k, v: [3 * hidden, hidden]
+    model.layers.N.self_attn.o_proj.weight
+    model.layers.N.mlp.{gate_proj,up_proj,down_proj}.weight
+    model.layers.N.{input_layernorm,post_attention_layernorm}.weight
+    model.norm.weight
+    lm_head.weight
+
+The position encoding comes from ``config.position_embedding`` (itself decided by ``architectures``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import KVCache
+from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from .generation import GenerationConfig
+
+# Queries per attention block during long prefills: bounds the [batch, heads, block, keys] bias tensor.
+ATTENTION_QUERY_BLOCK = 1024
+
+
+class ContextLengthError(ValueError):
+    """The input (plus the cache) is longer than the model's context."""
+
+
+# ---------------------------------------------------------------------------------------------------- positions
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi slopes exactly as the official Baichuan-13B code computes them, for any head count.
+
+    For a power of two ``n`` the slopes are ``start * start**i`` with ``start = 2 ** (-8 / n)``; otherwise the
+    slopes of the closest smaller power of two are followed by every other slope of the next power of two.
+    Returns a float32 tensor of shape [num_heads].
+    """
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    def interleave(n: int) -> list[float]:
+        if math.log2(n).is_integer():
+            return power_of_2(n)
+        closest = 2 ** math.floor(math.log2(n))
+        return power_of_2(closest) + interleave(2 * closest)[0::2][: n - closest]
+
+    return torch.tensor(interleave(num_heads), dtype=torch.float32)
+
+
+def rope_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Inverse frequencies of rotary embeddings, float32 [head_dim // 2]."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, H, T, D] by ``positions`` [B, T] (LLaMA / Baichuan-7B "rotate half" convention)."""
+    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq.to(x.device)  # [B, 1, T, D/2]
+    angles = torch.cat((angles, angles), dim=-1)  # [B, 1, T, D]
+    cos, sin = angles.cos(), angles.sin()
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class AttentionInputs:
+    """Everything attention needs besides q/k/v, shared by all layers of one forward pass.
+
+    ``key_valid`` [B, S] marks real (non-padding) keys; ``q_pos`` [T] and ``k_pos`` [S] are cache positions.
+    The additive bias is built per query block and per device (float32 maths, cast at the end) instead of being
+    precomputed as a [heads, context, context] table.
+    """
+
+    q_pos: torch.Tensor
+    k_pos: torch.Tensor
+    key_valid: torch.Tensor | None
+    slopes: torch.Tensor | None  # [H] for ALiBi, None for RoPE
+    rope_positions: torch.Tensor | None  # [B, T] token positions (padding-aware) for RoPE
+
+    def bias(self, i0: int, i1: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Additive attention bias for queries ``i0:i1``: [B or 1, H or 1, i1 - i0, S]."""
+        q_pos = self.q_pos[i0:i1].to(device)
+        k_pos = self.k_pos.to(device)
+        allowed = k_pos[None, :] <= q_pos[:, None]  # [t, S] causal
+        allowed = allowed[None, None]  # [1, 1, t, S]
+        if self.key_valid is not None:
+            allowed = allowed & self.key_valid.to(device)[:, None, None, :]  # [B, 1, t, S]
+        if self.slopes is not None:
+            rel = (k_pos[None, :] - q_pos[:, None]).to(torch.float32)  # [t, S], <= 0 where allowed
+            bias = self.slopes.to(device)[:, None, None] * rel[None]  # [H, t, S]
+            bias = bias[None]  # [1, H, t, S]
+        else:
+            bias = torch.zeros((1, 1) + allowed.shape[-2:], dtype=torch.float32, device=device)
+        # A finite minimum (not -inf) keeps fully padded query rows finite instead of NaN.
+        bias = bias.masked_fill(~allowed, torch.finfo(dtype).min)
+        return bias.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------- modules
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32, then cast back to the weight's dtype (as the official code does).
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = (x.float() * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
+        return self.weight * x
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with the fused ``W_pack`` projection (q, k, v stacked in that order)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.hidden_size = config.hidden_size
+        self.W_pack = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        inputs: AttentionInputs,
+        inv_freq: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        start: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = self.W_pack(x)  # [B, T, 3 * hidden]
+        qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, D]
+        if inv_freq is not None:
+            q = apply_rope(q, inputs.rope_positions, inv_freq)
+            k = apply_rope(k, inputs.rope_positions, inv_freq)
+        if cache is not None:
+            k_cache, v_cache = cache  # [B, H, S_max, D]
+            k_cache[:, :, start : start + T] = k
+            v_cache[:, :, start : start + T] = v
+            k, v = k_cache[:, :, : start + T], v_cache[:, :, : start + T]  # [B, H, S, D]
+        outs = []
+        for i0 in range(0, T, ATTENTION_QUERY_BLOCK):
+            i1 = min(T, i0 + ATTENTION_QUERY_BLOCK)
+            bias = inputs.bias(i0, i1, q.dtype, q.device)
+            outs.append(F.scaled_dot_product_attention(q[:, :, i0:i1], k, v, attn_mask=bias))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # [B, H, T, D]
+        y = y.transpose(1, 2).reshape(B, T, self.hidden_size)  # [B, T, hidden]
+        return self.o_proj(y)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, inputs, inv_freq, cache, start):
+        x = x + self.self_attn(self.input_layernorm(x), inputs, inv_freq, cache, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class BaichuanModel(nn.Module):
+    """The transformer trunk: ``embed_tokens``, ``layers``, ``norm``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        # Position tables are derived from the config, not stored in checkpoints.
+        self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False)
+        self.register_buffer("rope_inv_freq", rope_inv_freq(config.head_dim, config.rope_theta), persistent=False)
+
+    def init_position_buffers(self, device: torch.device | str = "cpu") -> None:
+        """(Re)compute the non-persistent position buffers, e.g. after building the model on the meta device."""
+        self.alibi_slopes = alibi_slopes(self.config.num_attention_heads).to(device)
+        self.rope_inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta).to(device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        S = start + T
+        limit = self.config.max_position
+        if S > limit and not self.config.allow_length_extrapolation:
+            raise ContextLengthError(
+                f"input of {T} tokens{f' after {start} cached' if start else ''} exceeds the model's context of "
+                f"{limit} tokens (config max_position); shorten the input"
+                + (" or enable ALiBi extrapolation with model.config.allow_length_extrapolation = True"
+                   if self.config.position_embedding == "alibi" else "")
+            )
+        if cache is not None and S > cache.max_length:
+            raise ContextLengthError(f"KV cache holds {cache.max_length} positions, {S} are needed")
+        if attention_mask is not None:
+            if attention_mask.shape != (B, S):
+                raise ValueError(
+                    f"attention_mask must have shape [batch, cached + new tokens] = [{B}, {S}], "
+                    f"got {list(attention_mask.shape)}"
+                )
+            key_valid = attention_mask.to(torch.bool)
+        else:
+            key_valid = None
+        device = input_ids.device
+        q_pos = torch.arange(start, S, device=device)
+        k_pos = torch.arange(S, device=device)
+        rope_positions = None
+        if self.config.position_embedding == "rope":
+            if key_valid is not None:
+                # Positions count real tokens only, so a left-padded row matches the unpadded sequence.
+                rope_positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # [B, T]
+            else:
+                rope_positions = q_pos[None].expand(B, T)
+        inputs = AttentionInputs(
+            q_pos=q_pos,
+            k_pos=k_pos,
+            key_valid=key_valid,
+            slopes=self.alibi_slopes if self.config.position_embedding == "alibi" else None,
+            rope_positions=rope_positions,
+        )
+        inv_freq = self.rope_inv_freq if self.config.position_embedding == "rope" else None
+
+        x = self.embed_tokens(input_ids)  # [B, T, hidden]
+        for i, layer in enumerate(self.layers):
+            layer_device = layer.input_layernorm.weight.device
+            if x.device != layer_device:  # layers split over devices (device_map)
+                x = x.to(layer_device)
+            layer_cache = cache.layer(i) if cache is not None else None
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, inputs, inv_freq, layer_cache, start, use_reentrant=False
+                )
+            else:
+                x = layer(x, inputs, inv_freq, layer_cache, start)
+        if cache is not None:
+            cache.length = S
+        x = x.to(self.norm.weight.device)
+        return self.norm(x)
+
+
+@dataclass
+class CausalLMOutput:
+    """Result of :meth:`BaichuanForCausalLM.forward`: ``logits`` [batch, seq, vocab] (float32 when a loss is
+    computed), ``loss`` when ``labels`` are given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class BaichuanForCausalLM(nn.Module):
+    """A Baichuan language model (13B ALiBi or 7B RoPE, by ``config.architectures``).
+
+    Loads the official checkpoints without remote code::
+
+        model = BaichuanForCausalLM.from_pretrained(path, torch_dtype=torch.float16, device_map="auto")
+        logits = model(input_ids, attention_mask=mask).logits  # [batch, seq, vocab]
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = BaichuanModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.generation_config: GenerationConfig | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, seed: int | None = None, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> "BaichuanForCausalLM":
+        """A randomly initialised model (normal(0, initializer_range) weights, unit norms)."""
+        with torch.device(device or "cpu"):
+            model = cls(config)
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * config.initializer_range)
+        if dtype is not None:
+            model.to(dtype)
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | os.PathLike,
+        *,
+        torch_dtype: torch.dtype | str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> "BaichuanForCausalLM":
+        """Load an official checkpoint folder or hub id (see :func:`baichuan13b.checkpoint.load_model`)."""
+        from .checkpoint import load_model
+
+        return load_model(path_or_id, torch_dtype=torch_dtype, device_map=device_map, progress=progress, **kwargs)
+
+    def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> None:
+        """Write config.json, weights (safetensors by default) and generation_config.json in the official layout."""
+        from .checkpoint import save_model
+
+        save_model(self, folder, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings (where input ids should live)."""
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.model.gradient_checkpointing = True
+
+    def new_cache(self, batch_size: int, max_length: int | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """A preallocated KV cache for ``batch_size`` rows of up to ``max_length`` positions."""
+        max_length = max_length or self.config.max_position
+        devices = [layer.input_layernorm.weight.device for layer in self.model.layers]
+        return KVCache(
+            num_layers=self.config.num_hidden_layers,
+            batch_size=batch_size,
+            num_heads=self.config.num_attention_heads,
+            head_dim=self.config.head_dim,
+            max_length=max_length,
+            dtype=dtype or self.dtype,
+            devices=devices,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Logits for ``input_ids`` [B, T].
+
+        Args:
+            attention_mask: [B, cached + T], 1 for real tokens and 0 for (left) padding. Optional.
+            labels: [B, T] targets; the loss is next-token cross-entropy, positions equal to -100 ignored.
+            cache: a :class:`KVCache`; new keys/values are written after ``cache.length`` and it is advanced.
+            logits_to_keep: if > 0, compute logits for the last ``logits_to_keep`` positions only.
+        """
+        hidden = self.model(input_ids, attention_mask=attention_mask, cache=cache)  # [B, T, hidden]
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        hidden = hidden.to(self.lm_head.weight.device)
+        logits = self.lm_head(hidden)  # [B, T, vocab]
+        loss = None
+        if labels is not None:
+            logits = logits.float()
+            shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
+            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+            loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        return CausalLMOutput(logits=logits, loss=loss)
+
+    # ------------------------------------------------------------------ high-level API (delegates)
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 generation_config: "GenerationConfig | None" = None, **kwargs: Any) -> torch.Tensor:
+        """Prompt + new ids [B, T + new] (see :func:`baichuan13b.generation.generate`)."""
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask,
+                        generation_config=generation_config or self.generation_config, **kwargs)
+
+    def build_chat_input(self, tokenizer, messages: list[dict[str, str]],
+                         max_new_tokens: int | None = None) -> torch.Tensor:
+        """Prompt ids [1, n] for a conversation, exactly as the official model builds them."""
+        from .chat import build_chat_input
+
+        return build_chat_input(self, tokenizer, messages, max_new_tokens=max_new_tokens)
+
+    def chat(self, tokenizer, messages: list[dict[str, str]], stream: bool = False,
+             generation_config: "GenerationConfig | None" = None) -> str | Iterator[str]:
+        """Answer the last user message; with ``stream=True`` an iterator of the cumulative answer text."""
+        from .chat import chat
+
+        return chat(self, tokenizer, messages, stream=stream, generation_config=generation_config)
