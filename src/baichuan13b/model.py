@@ -422,8 +422,11 @@ class BaichuanForCausalLM(nn.Module):
         return build_chat_input(self, tokenizer, messages, max_new_tokens=max_new_tokens)
 
     def chat(self, tokenizer, messages: list[dict[str, str]], stream: bool = False,
-             generation_config: "GenerationConfig | None" = None) -> str | Iterator[str]:
-        """Answer the last user message; with ``stream=True`` an iterator of the cumulative answer text."""
+             generation_config: "GenerationConfig | None" = None, **overrides: Any) -> str | Iterator[str]:
+        """Answer the last user message; with ``stream=True`` an iterator of the cumulative answer text.
+
+        ``overrides`` update the generation settings for this call (``max_new_tokens=256, temperature=0.7``).
+        """
         from .chat import chat
 
-        return chat(self, tokenizer, messages, stream=stream, generation_config=generation_config)
+        return chat(self, tokenizer, messages, stream=stream, generation_config=generation_config, **overrides)

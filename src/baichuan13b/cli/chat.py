@@ -1,0 +1,125 @@
+"""Chat in the terminal, like the official cli_demo.py.
+
+Streaming by default. At the prompt: ``clear`` empties the history, ``stream`` toggles streaming, ``exit``
+quits; Ctrl+C stops the current answer without leaving (the partial answer stays in the history), Ctrl+D
+quits. Line editing and history come from prompt_toolkit. When standard input is not a terminal, each line is
+one user message and each answer is printed on its own line, so the chat can be scripted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Iterable, TextIO
+
+from ..chat import chat as chat_answer
+from .common import add_model_arguments, add_sampling_arguments, load, sampling_overrides
+
+HELP = "chat in the terminal"
+WELCOME = ("欢迎使用百川大模型，输入进行对话，clear 清空历史，stream 开关流式生成，CTRL+C 中断生成，exit 结束。\n"
+           "Welcome to Baichuan: type to chat; clear = new conversation, stream = toggle streaming, "
+           "Ctrl+C = stop the answer, exit = quit.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("--system", default=None, help="system prompt (an extension: the official model has none)")
+    p.add_argument("--no-stream", action="store_true", help="print whole answers instead of streaming")
+
+
+class ChatSession:
+    """The conversation state and the command handling of the terminal chat, independent of I/O."""
+
+    def __init__(self, model, tokenizer, overrides: dict, system: str | None = None, stream: bool = True):
+        self.model, self.tokenizer, self.overrides = model, tokenizer, overrides
+        self.system = system
+        self.stream = stream
+        self.messages: list[dict[str, str]] = []
+
+    def conversation(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def answer(self, text: str, write: Callable[[str], None]) -> str:
+        """Answer ``text``, writing the answer through ``write`` (in pieces when streaming).
+
+        A KeyboardInterrupt stops the answer; what was generated so far is kept in the history and returned.
+        """
+        self.messages.append({"role": "user", "content": text})
+        answer = ""
+        try:
+            if self.stream:
+                for cumulative in chat_answer(self.model, self.tokenizer, self.conversation(), stream=True,
+                                              **self.overrides):
+                    write(cumulative[len(answer):])
+                    answer = cumulative
+            else:
+                answer = chat_answer(self.model, self.tokenizer, self.conversation(), **self.overrides)
+                write(answer)
+        except KeyboardInterrupt:
+            write(" [stopped]")
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+
+def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO) -> None:
+    """Scripted mode: one user message per input line, one answer per output line."""
+    for line in lines:
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        command = text.strip().lower()
+        if command == "exit":
+            return
+        if command == "clear":
+            session.messages.clear()
+            continue
+        if command == "stream":
+            session.stream = not session.stream
+            continue
+        session.answer(text, lambda s: (out.write(s), out.flush()))
+        out.write("\n")
+        out.flush()
+
+
+def run_interactive(session: ChatSession, model_name: str) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import InMemoryHistory
+
+    prompt = PromptSession(history=InMemoryHistory())
+    print(WELCOME, flush=True)
+    while True:
+        try:
+            text = prompt.prompt("\n用户 / User: ")
+        except KeyboardInterrupt:  # Ctrl+C at the prompt: start a new line, keep going
+            continue
+        except EOFError:  # Ctrl+D
+            return
+        command = text.strip().lower()
+        if not command:
+            continue
+        if command == "exit":
+            return
+        if command == "clear":
+            session.messages.clear()
+            print("\033[2J\033[H" + WELCOME, flush=True)
+            continue
+        if command == "stream":
+            session.stream = not session.stream
+            print(f"(streaming {'on' if session.stream else 'off'})", flush=True)
+            continue
+        print(f"\n{model_name}: ", end="", flush=True)
+        session.answer(text, lambda s: print(s, end="", flush=True))
+        print(flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load(args)
+    session = ChatSession(model, tokenizer, sampling_overrides(args), system=args.system,
+                          stream=not args.no_stream)
+    if sys.stdin.isatty():
+        run_interactive(session, "Baichuan")
+    else:
+        run_lines(session, sys.stdin, sys.stdout)
+    return 0

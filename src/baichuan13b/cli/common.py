@@ -1,0 +1,73 @@
+"""Flags and loading shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_HUB_MODEL = "baichuan-inc/Baichuan-13B-Chat"
+# The project's own small model (built by the demo pipeline) is the offline default once it exists.
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
+
+
+def default_model() -> str:
+    """The shipped demo model when present, else the official chat model's hub id."""
+    return str(DEMO_MODEL_DIR) if (DEMO_MODEL_DIR / "config.json").is_file() else DEFAULT_HUB_MODEL
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default=None,
+                   help=f"checkpoint folder or Hugging Face hub id (default: the demo model if built, "
+                        f"else {DEFAULT_HUB_MODEL})")
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder or file (default: the model folder)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"],
+                   help="weight dtype; auto = the checkpoint's torch_dtype")
+    g.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N, or auto (split layers over the visible GPUs, CPU when none)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar while loading")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (default: the checkpoint's generation_config.json)")
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--do-sample", dest="do_sample", action="store_true", default=None, help="sample")
+    mode.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy decoding")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None, help="0 disables")
+    g.add_argument("--top-p", type=float, default=None, help="1.0 disables")
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible answers)")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when this text appears (repeatable)")
+
+
+def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Generation settings given on the command line (``None`` = keep the checkpoint's)."""
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                stop_strings=args.stop)
+
+
+def load(args: argparse.Namespace):
+    """Load (model, tokenizer) as the flags say, with a progress bar on stderr."""
+    from ..model import BaichuanForCausalLM
+    from ..tokenizer import BaichuanTokenizer
+
+    model_path = args.model or default_model()
+    device = args.device
+    if device == "auto" and not torch.cuda.is_available():
+        device = "cpu"
+    model = BaichuanForCausalLM.from_pretrained(model_path, torch_dtype=args.dtype, device_map=device,
+                                                progress=not args.no_progress)
+    tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
+    return model, tokenizer
+
+
+def err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,31 @@
+"""Print a raw completion of a prompt (no chat format), streamed as it is generated."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..generation import stream_text
+from .common import add_model_arguments, add_sampling_arguments, load, sampling_overrides
+
+HELP = "complete a prompt (raw text, no chat format)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", "-p", default=None, help="the prompt (default: read standard input)")
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt:
+        raise ValueError("empty prompt: give --prompt TEXT or text on standard input")
+    model, tokenizer = load(args)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = sys.stdout
+    for piece in stream_text(model, tokenizer, ids, **sampling_overrides(args)):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
