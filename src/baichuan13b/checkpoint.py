@@ -193,11 +193,21 @@ def resolve_model_path(path_or_id: str | os.PathLike, allow_patterns: list[str] 
 
 
 def _snapshot(repo_id: str, allow_patterns: list[str] | None) -> Path:
+    from huggingface_hub import errors
+
+    try:
+        return _snapshot_or_raise(repo_id, allow_patterns)
+    except errors.HFValidationError as e:
+        raise CheckpointError(f"no such folder: {repo_id} (and it is not a valid hub id: {_first_line(e)})") from e
+
+
+def _snapshot_or_raise(repo_id: str, allow_patterns: list[str] | None) -> Path:
     from huggingface_hub import HfApi, errors, snapshot_download
 
     # Hub-side failures (5xx, ...) count as "unreachable" too; repo-not-found and gated are told apart below.
     unreachable = _hub_unreachable_errors() + (errors.HfHubHTTPError,)
-    not_cached = (errors.LocalEntryNotFoundError, getattr(errors, "IncompleteSnapshotError", errors.LocalEntryNotFoundError))
+    not_cached = (errors.LocalEntryNotFoundError,
+                  getattr(errors, "IncompleteSnapshotError", errors.LocalEntryNotFoundError))
 
     # 1. The local cache, without touching the network: safetensors first, then .bin.
     candidates = [allow_patterns] if allow_patterns is not None else [_weight_patterns(None), _weight_patterns([])]
@@ -205,7 +215,7 @@ def _snapshot(repo_id: str, allow_patterns: list[str] | None) -> Path:
         try:
             folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
         except not_cached:
-            continue  # not in the cache (or only partly): fall through to the next pattern / the network
+            continue  # not in the cache (or only partly): try the next pattern, then the network
         if allow_patterns is not None or _has_weights(folder):
             return folder
 
@@ -221,11 +231,9 @@ def _snapshot(repo_id: str, allow_patterns: list[str] | None) -> Path:
             patterns = _weight_patterns([s.rfilename for s in siblings] if siblings is not None else None)
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (errors.RepositoryNotFoundError, errors.GatedRepoError) as e:
-        kind = "is gated (log in with `hf auth login` after accepting its terms)" \
-            if isinstance(e, errors.GatedRepoError) else "does not exist on the Hugging Face hub (or is private)"
+        kind = ("is gated (accept its terms on the hub, then log in with `hf auth login`)"
+                if isinstance(e, errors.GatedRepoError) else "does not exist on the Hugging Face hub (or is private)")
         raise CheckpointError(f"no such folder: {repo_id}, and {repo_id!r} {kind}") from e
-    except errors.HFValidationError as e:
-        raise CheckpointError(f"no such folder: {repo_id} (and it is not a valid hub id: {e})") from e
     except unreachable as e:
         raise CheckpointError(f"cannot reach the Hugging Face hub for {repo_id!r} ({type(e).__name__}) and it is "
                               f"not in the local cache: {_download_hint(repo_id)}") from e
@@ -265,16 +273,16 @@ def _read_index(folder: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
         raise CheckpointError(f"checkpoint index {index} has no 'weight_map' object mapping tensor names to shards")
     files: list[Path] = []
     seen: set[str] = set()
-    root = folder.resolve()
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard:
             raise CheckpointError(f"checkpoint index {index} maps {name!r} to {shard!r}, not a file name")
         if shard in seen:
             continue
         seen.add(shard)
-        file = folder / shard
-        if root not in file.resolve().parents:
+        # Checked by name, not by resolving: in the Hugging Face cache every file is a symlink into ../blobs.
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
             raise CheckpointError(f"checkpoint index {index} names shard {shard!r} outside the checkpoint folder")
+        file = folder / shard
         if not file.is_file():
             raise CheckpointError(f"checkpoint index {index.name} names shard {shard}, which is missing from {folder}")
         files.append(file)

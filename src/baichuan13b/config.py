@@ -173,7 +173,7 @@ class ModelConfig:
         """Read ``config.json`` from a checkpoint folder or hub id (see :func:`checkpoint.resolve_model_path`)."""
         from .checkpoint import resolve_model_path
 
-        folder = resolve_model_path(path_or_id)
+        folder = resolve_model_path(path_or_id, allow_patterns=["*.json"])
         file = folder / "config.json"
         if not file.is_file():
             raise FileNotFoundError(f"no config.json in {folder}")

@@ -1,0 +1,1 @@
+"""Speed and memory measurements (figures printed, never asserted in unit tests)."""
