@@ -179,3 +179,15 @@ def test_stop_strings_need_tokenizer():
     model = tiny_model()
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model, torch.tensor([[5, 6]]), stop_strings=["x"])
+
+
+def test_eos_none_disables_stopping_and_cli_unset_flags_keep_config():
+    import argparse
+
+    from baichuan13b.cli.common import sampling_overrides
+
+    cfg = GenerationConfig(eos_token_id=2).update(eos_token_id=None)
+    assert cfg.eos_token_ids == []
+    args = argparse.Namespace(max_new_tokens=None, do_sample=None, temperature=0.5, top_k=None, top_p=None,
+                              repetition_penalty=None, seed=None, stop=None)
+    assert sampling_overrides(args) == {"temperature": 0.5}

@@ -48,10 +48,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Generation settings given on the command line (``None`` = keep the checkpoint's)."""
-    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                stop_strings=args.stop)
+    """Generation settings given on the command line (flags left unset keep the checkpoint's)."""
+    given = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                 stop_strings=args.stop)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def load(args: argparse.Namespace):

@@ -73,13 +73,12 @@ class GenerationConfig:
         return list(self.eos_token_id)
 
     def update(self, **kwargs: Any) -> "GenerationConfig":
-        """A validated copy with ``kwargs`` applied (``None`` values are ignored)."""
+        """A validated copy with ``kwargs`` applied (``eos_token_id=None`` disables the eos stop)."""
         names = {f.name for f in dataclasses.fields(self)} - {"extra"}
         unknown = set(kwargs) - names
         if unknown:
             raise TypeError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
-        changes = {k: v for k, v in kwargs.items() if v is not None}
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **kwargs)
 
     # ------------------------------------------------------------------ I/O
     @classmethod
