@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
-from . import chat, generate
-
-SUBCOMMANDS = {"chat": chat, "generate": generate}
+# Subcommand name -> module of this package. Each module has HELP, add_arguments(parser) and run(args).
+SUBCOMMANDS = {
+    "chat": "chat",
+    "generate": "generate",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"baichuan13b {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in SUBCOMMANDS.items():
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(f"{__name__}.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
