@@ -1,7 +1,11 @@
 """A static key/value cache: one preallocated buffer pair per layer, written in place.
 
-Rows of a batch share positions (prompts are left padded), so one ``length`` counts the filled positions of
-every row; padding is excluded by the attention mask, not by the cache.
+Two modes:
+
+* shared length (generation): rows of a batch share positions (prompts are left padded), so one ``length``
+  counts the filled positions of every row; padding is excluded by the attention mask, not by the cache;
+* per-row lengths (``per_row=True``, the serving engine): ``row_lengths[b]`` counts the filled slots of row
+  ``b``; each row writes after its own length, so sequences join and leave the batch independently.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ class KVCache:
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_length: int,
-                 dtype: torch.dtype, devices: Sequence[torch.device | str] | torch.device | str = "cpu"):
+                 dtype: torch.dtype, devices: Sequence[torch.device | str] | torch.device | str = "cpu",
+                 per_row: bool = False):
         if isinstance(devices, (str, torch.device)):
             devices = [devices] * num_layers
         if len(devices) != num_layers:
@@ -30,6 +35,24 @@ class KVCache:
         self.batch_size = batch_size
         self.max_length = max_length
         self.length = 0
+        # [B] filled slots per row (per-row mode), on the first layer's device; None in shared-length mode.
+        self.row_lengths: torch.Tensor | None = (
+            torch.zeros(batch_size, dtype=torch.long, device=devices[0]) if per_row else None
+        )
+
+    def row(self, b: int) -> "KVCache":
+        """A one-row cache sharing storage with row ``b`` of this per-row cache (e.g. to prefill one request).
+
+        Writes through the view land in this cache, and its ``row_lengths`` is a view of ``row_lengths[b]``.
+        """
+        if self.row_lengths is None:
+            raise ValueError("row() needs a cache created with per_row=True")
+        view = object.__new__(KVCache)
+        view.k = [k[b : b + 1] for k in self.k]
+        view.v = [v[b : b + 1] for v in self.v]
+        view.batch_size, view.max_length, view.length = 1, self.max_length, 0
+        view.row_lengths = self.row_lengths[b : b + 1]
+        return view
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
@@ -37,11 +60,15 @@ class KVCache:
     def reset(self) -> None:
         """Forget the cached positions (buffers are reused, not freed)."""
         self.length = 0
+        if self.row_lengths is not None:
+            self.row_lengths.zero_()
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch ``rows`` (e.g. after some sequences finished)."""
         self.k = [k[rows.to(k.device)] for k in self.k]
         self.v = [v[rows.to(v.device)] for v in self.v]
+        if self.row_lengths is not None:
+            self.row_lengths = self.row_lengths[rows.to(self.row_lengths.device)]
         self.batch_size = int(rows.numel())
 
     def nbytes(self) -> int:

@@ -81,7 +81,8 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor)
 class AttentionInputs:
     """Everything attention needs besides q/k/v, shared by all layers of one forward pass.
 
-    ``key_valid`` [B, S] marks real (non-padding) keys; ``q_pos`` [T] and ``k_pos`` [S] are cache positions.
+    ``key_valid`` [B, S] marks real (non-padding) keys; ``q_pos`` [1 or B, T] (per row when rows of the cache
+    have different lengths) and ``k_pos`` [S] are cache slots.
     The additive bias is built per query block and per device (float32 maths, cast at the end) instead of being
     precomputed as a [heads, context, context] table.
     """
@@ -94,16 +95,14 @@ class AttentionInputs:
 
     def bias(self, i0: int, i1: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Additive attention bias for queries ``i0:i1``: [B or 1, H or 1, i1 - i0, S]."""
-        q_pos = self.q_pos[i0:i1].to(device)
-        k_pos = self.k_pos.to(device)
-        allowed = k_pos[None, :] <= q_pos[:, None]  # [t, S] causal
-        allowed = allowed[None, None]  # [1, 1, t, S]
+        q_pos = self.q_pos[:, i0:i1].to(device)  # [Bq, t]
+        k_pos = self.k_pos.to(device)  # [S]
+        rel = k_pos[None, None, :] - q_pos[:, :, None]  # [Bq, t, S], <= 0 for past keys
+        allowed = (rel <= 0)[:, None]  # [Bq, 1, t, S] causal
         if self.key_valid is not None:
             allowed = allowed & self.key_valid.to(device)[:, None, None, :]  # [B, 1, t, S]
         if self.slopes is not None:
-            rel = (k_pos[None, :] - q_pos[:, None]).to(torch.float32)  # [t, S], <= 0 where allowed
-            bias = self.slopes.to(device)[:, None, None] * rel[None]  # [H, t, S]
-            bias = bias[None]  # [1, H, t, S]
+            bias = self.slopes.to(device)[None, :, None, None] * rel[:, None].to(torch.float32)  # [Bq, H, t, S]
         else:
             bias = torch.zeros((1, 1) + allowed.shape[-2:], dtype=torch.float32, device=device)
         # A finite minimum (not -inf) keeps fully padded query rows finite instead of NaN.
@@ -155,8 +154,9 @@ class Attention(nn.Module):
         inputs: AttentionInputs,
         inv_freq: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
-        start: int,
+        start: int | torch.Tensor,
     ) -> torch.Tensor:
+        """``start`` is the first cache slot written (shared by all rows), or per-row slots [B, T]."""
         B, T, _ = x.shape
         qkv = self.W_pack(x)  # [B, T, 3 * hidden]
         qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
@@ -166,9 +166,16 @@ class Attention(nn.Module):
             k = apply_rope(k, inputs.rope_positions, inv_freq)
         if cache is not None:
             k_cache, v_cache = cache  # [B, H, S_max, D]
-            k_cache[:, :, start : start + T] = k
-            v_cache[:, :, start : start + T] = v
-            k, v = k_cache[:, :, : start + T], v_cache[:, :, : start + T]  # [B, H, S, D]
+            S = inputs.k_pos.numel()
+            if isinstance(start, int):
+                k_cache[:, :, start : start + T] = k
+                v_cache[:, :, start : start + T] = v
+            else:  # each row writes at its own slots
+                rows = torch.arange(B, device=k.device)[:, None]  # [B, 1]
+                slots = start.to(k.device)  # [B, T]
+                k_cache[rows, :, slots] = k.transpose(1, 2)  # indexed view is [B, T, H, D]
+                v_cache[rows, :, slots] = v.transpose(1, 2)
+            k, v = k_cache[:, :, :S], v_cache[:, :, :S]  # [B, H, S, D]
         outs = []
         for i0 in range(0, T, ATTENTION_QUERY_BLOCK):
             i1 = min(T, i0 + ATTENTION_QUERY_BLOCK)
@@ -218,7 +225,17 @@ class BaichuanModel(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
+        device = input_ids.device
+        row_starts = cache.row_lengths if cache is not None else None
+        if row_starts is not None:
+            # Rows of the cache hold sequences of different lengths (serving engine): row b writes at
+            # row_starts[b] + t, and sees only its own filled slots.
+            if attention_mask is not None:
+                raise ValueError("attention_mask is not used with a per-row cache: rows are never padded")
+            row_starts = row_starts.to(device)
+            start = int(row_starts.max())  # (host sync) the longest row decides the key range
+        else:
+            start = cache.length if cache is not None else 0
         S = start + T
         limit = self.config.max_position
         if S > limit and not self.config.allow_length_extrapolation:
@@ -230,7 +247,10 @@ class BaichuanModel(nn.Module):
             )
         if cache is not None and S > cache.max_length:
             raise ContextLengthError(f"KV cache holds {cache.max_length} positions, {S} are needed")
-        if attention_mask is not None:
+        if row_starts is not None:
+            q_slots = row_starts[:, None] + torch.arange(T, device=device)  # [B, T]
+            key_valid = torch.arange(S, device=device)[None, :] < (row_starts + T)[:, None]  # [B, S]
+        elif attention_mask is not None:
             if attention_mask.shape != (B, S):
                 raise ValueError(
                     f"attention_mask must have shape [batch, cached + new tokens] = [{B}, {S}], "
@@ -239,16 +259,17 @@ class BaichuanModel(nn.Module):
             key_valid = attention_mask.to(torch.bool)
         else:
             key_valid = None
-        device = input_ids.device
-        q_pos = torch.arange(start, S, device=device)
+        q_pos = q_slots if row_starts is not None else torch.arange(start, S, device=device)[None]  # [1|B, T]
         k_pos = torch.arange(S, device=device)
         rope_positions = None
         if self.config.position_embedding == "rope":
-            if key_valid is not None:
+            if row_starts is not None:
+                rope_positions = q_slots
+            elif key_valid is not None:
                 # Positions count real tokens only, so a left-padded row matches the unpadded sequence.
                 rope_positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # [B, T]
             else:
-                rope_positions = q_pos[None].expand(B, T)
+                rope_positions = q_pos.expand(B, T)
         inputs = AttentionInputs(
             q_pos=q_pos,
             k_pos=k_pos,
@@ -257,6 +278,7 @@ class BaichuanModel(nn.Module):
             rope_positions=rope_positions,
         )
         inv_freq = self.rope_inv_freq if self.config.position_embedding == "rope" else None
+        write_at = q_slots if row_starts is not None else start
 
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         for i, layer in enumerate(self.layers):
@@ -266,11 +288,13 @@ class BaichuanModel(nn.Module):
             layer_cache = cache.layer(i) if cache is not None else None
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(
-                    layer, x, inputs, inv_freq, layer_cache, start, use_reentrant=False
+                    layer, x, inputs, inv_freq, layer_cache, write_at, use_reentrant=False
                 )
             else:
-                x = layer(x, inputs, inv_freq, layer_cache, start)
-        if cache is not None:
+                x = layer(x, inputs, inv_freq, layer_cache, write_at)
+        if cache is not None and cache.row_lengths is not None:
+            cache.row_lengths += T
+        elif cache is not None:
             cache.length = S
         x = x.to(self.norm.weight.device)
         return self.norm(x)
@@ -361,8 +385,11 @@ class BaichuanForCausalLM(nn.Module):
         self.model.gradient_checkpointing = True
 
     def new_cache(self, batch_size: int, max_length: int | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
-        """A preallocated KV cache for ``batch_size`` rows of up to ``max_length`` positions."""
+                  dtype: torch.dtype | None = None, per_row: bool = False) -> KVCache:
+        """A preallocated KV cache for ``batch_size`` rows of up to ``max_length`` positions.
+
+        ``per_row=True`` gives every row its own length (see :class:`KVCache`), for continuous batching.
+        """
         max_length = max_length or self.config.max_position
         devices = [layer.input_layernorm.weight.device for layer in self.model.layers]
         return KVCache(
@@ -373,6 +400,7 @@ class BaichuanForCausalLM(nn.Module):
             max_length=max_length,
             dtype=dtype or self.dtype,
             devices=devices,
+            per_row=per_row,
         )
 
     # ------------------------------------------------------------------ forward
