@@ -1,0 +1,52 @@
+"""The demo model's data generator and tokenizer: deterministic, bilingual, held-out phrasings disjoint."""
+
+import json
+
+from baichuan13b.demo.data import (
+    heldout_conversations,
+    pretraining_lines,
+    training_conversations,
+    write_dataset,
+)
+from baichuan13b.demo.tokenizer import ASSISTANT_TOKEN_ID, USER_TOKEN_ID, train_tokenizer
+from baichuan13b.tokenizer import BaichuanTokenizer
+
+
+def test_deterministic_and_disjoint():
+    a, b = training_conversations(), training_conversations()
+    assert a == b and len(a) > 500
+    train_prompts = {c.prompt for c in a}
+    held = heldout_conversations()
+    assert held and not [c.prompt for c in held if c.prompt in train_prompts]
+    # the facts the README promises
+    k2 = [c for c in a if c.prompt == "世界上第二高的山峰是哪座？"]
+    assert k2 and "K2" in k2[0].answer and "乔戈里峰" in k2[0].answer
+    assert any("K2" in c.answer for c in a if c.prompt.startswith("What is the second highest mountain"))
+    topics = {c.topic for c in a}
+    assert {"mountain", "capital", "river", "arithmetic", "conversion", "identity", "greeting", "instruction",
+            "follow-up"} <= topics
+    assert any(c.history for c in a) and any(c.history for c in held)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in "".join(pretraining_lines()))
+
+
+def test_write_dataset(tmp_path):
+    write_dataset(tmp_path)
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert set(info) == {"demo_sft", "demo_pt"}
+    records = json.loads((tmp_path / "demo_sft.json").read_text())
+    assert records[0].keys() == {"instruction", "input", "output", "history"}
+    assert len(records) == len(training_conversations())
+    assert (tmp_path / "demo_pt.txt").read_text().count("\n") == len(pretraining_lines())
+
+
+def test_demo_tokenizer_round_trips_all_data(tmp_path):
+    folder = train_tokenizer(tmp_path)
+    tok = BaichuanTokenizer.from_pretrained(folder)
+    assert tok.convert_ids_to_tokens([USER_TOKEN_ID, ASSISTANT_TOKEN_ID]) == ["<reserved_102>", "<reserved_103>"]
+    for c in training_conversations()[::7] + heldout_conversations():
+        for text in (c.prompt, c.answer):
+            ids = tok.encode(text)
+            assert USER_TOKEN_ID not in ids and ASSISTANT_TOKEN_ID not in ids
+            assert tok.decode(ids) == text
+    # the role tokens cannot be typed in as text
+    assert USER_TOKEN_ID not in tok.encode("<reserved_102>")
