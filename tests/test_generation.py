@@ -191,3 +191,11 @@ def test_eos_none_disables_stopping_and_cli_unset_flags_keep_config():
     args = argparse.Namespace(max_new_tokens=None, do_sample=None, temperature=0.5, top_k=None, top_p=None,
                               repetition_penalty=None, seed=None, stop=None)
     assert sampling_overrides(args) == {"temperature": 0.5}
+
+
+def test_vanishing_temperature_is_greedy_not_nan():
+    model = tiny_model()
+    ids = torch.randint(3, 97, (1, 4), generator=torch.Generator().manual_seed(13))
+    greedy = generate(model, ids, max_new_tokens=6, eos_token_id=None)
+    tiny_t = generate(model, ids, max_new_tokens=6, eos_token_id=None, do_sample=True, temperature=5e-324, seed=0)
+    assert torch.equal(greedy, tiny_t)

@@ -267,3 +267,30 @@ def test_per_row_cache_rows_of_different_lengths_equal_single_sequences(name):
     assert cache.row_lengths.tolist() == [13, 8, 10]
     with pytest.raises(ValueError, match="per-row"):
         model(torch.zeros(3, 1, dtype=torch.long), attention_mask=torch.ones(3, 14), cache=cache)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_static_shape_decoding_equals_dynamic(name):
+    """input_pos mode (whole-cache attention, fixed shapes for CUDA graphs) gives the same logits."""
+    model = make_model(name)
+    g = torch.Generator().manual_seed(12)
+    ids = torch.randint(3, 97, (2, 6), generator=g)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # row 1 is left padded
+    steps = torch.randint(3, 97, (2, 5), generator=g)
+    dyn = model.new_cache(2, 16)
+    full_mask = mask.clone()
+    ref = [model(ids, attention_mask=mask, cache=dyn).logits[:, -1]]
+    for t in range(5):
+        full_mask = torch.cat([full_mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        ref.append(model(steps[:, t : t + 1], attention_mask=full_mask, cache=dyn).logits[:, -1])
+    static = model.new_cache(2, 16)
+    buf = torch.zeros(2, 16, dtype=torch.long)
+    buf[:, :6] = mask
+    out = [model(ids, attention_mask=buf, cache=static, input_pos=torch.arange(6)).logits[:, -1]]
+    for t in range(5):
+        buf[:, 6 + t] = 1
+        out.append(model(steps[:, t : t + 1], attention_mask=buf, cache=static,
+                         input_pos=torch.tensor([6 + t])).logits[:, -1])
+    assert static.length == 0  # the caller tracks positions
+    torch.testing.assert_close(torch.stack(out), torch.stack(ref), atol=1e-5, rtol=1e-5)

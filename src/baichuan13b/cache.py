@@ -45,13 +45,20 @@ class KVCache:
 
         Writes through the view land in this cache, and its ``row_lengths`` is a view of ``row_lengths[b]``.
         """
+        return self.rows(b, b + 1)
+
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A cache of rows ``start:stop`` sharing storage with this per-row cache (e.g. the occupied rows of a
+        serving batch, so that a decode step skips the free ones)."""
         if self.row_lengths is None:
-            raise ValueError("row() needs a cache created with per_row=True")
+            raise ValueError("row() / rows() need a cache created with per_row=True")
+        if not 0 <= start < stop <= self.batch_size:
+            raise ValueError(f"rows {start}:{stop} out of range for a cache of {self.batch_size} rows")
         view = object.__new__(KVCache)
-        view.k = [k[b : b + 1] for k in self.k]
-        view.v = [v[b : b + 1] for v in self.v]
-        view.batch_size, view.max_length, view.length = 1, self.max_length, 0
-        view.row_lengths = self.row_lengths[b : b + 1]
+        view.k = [k[start:stop] for k in self.k]
+        view.v = [v[start:stop] for v in self.v]
+        view.batch_size, view.max_length, view.length = stop - start, self.max_length, 0
+        view.row_lengths = self.row_lengths[start:stop]
         return view
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,17 @@ def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
             raise ValueError(f"message {i}: a system message is only allowed first")
 
 
+def turn_ids(role: str, content_ids: list[int], *, user_token_id: int, assistant_token_id: int,
+             eos_token_id: int) -> list[int]:
+    """One turn in the official layout: ``[user_token_id] + content`` for a user turn,
+    ``[assistant_token_id] + content + [eos_token_id]`` for an assistant turn (shared by chat and training)."""
+    if role == "user":
+        return [user_token_id] + content_ids
+    if role == "assistant":
+        return [assistant_token_id] + content_ids + [eos_token_id]
+    raise ValueError(f"turn_ids: role must be 'user' or 'assistant', got {role!r}")
+
+
 def build_chat_ids(
     tokenizer: Any,
     messages: Sequence[Mapping[str, Any]],
@@ -58,12 +69,13 @@ def build_chat_ids(
         system_tokens = tokenizer.encode(messages[0]["content"], add_special_tokens=False)
         messages = messages[1:]
         max_input_tokens = max(0, max_input_tokens - len(system_tokens))
+    ids = dict(user_token_id=user_token_id, assistant_token_id=assistant_token_id, eos_token_id=eos_token_id)
     total: list[int] = []
     round_input: list[int] = []
     for message in reversed(messages):
         content = tokenizer.encode(message["content"], add_special_tokens=False)
         if message["role"] == "user":
-            round_input = [user_token_id] + content + round_input
+            round_input = turn_ids("user", content, **ids) + round_input
             if total and len(total) + len(round_input) > max_input_tokens:
                 break
             total = round_input + total
@@ -71,7 +83,7 @@ def build_chat_ids(
                 break
             round_input = []
         else:  # assistant
-            round_input = [assistant_token_id] + content + [eos_token_id] + round_input
+            round_input = turn_ids("assistant", content, **ids) + round_input
     total = total[-max_input_tokens:] if max_input_tokens > 0 else []  # truncate from the left
     return system_tokens + total + [assistant_token_id]
 

@@ -582,6 +582,8 @@ def load_model(
     progress: bool = True,
     config: ModelConfig | None = None,
     strict: bool = True,
+    quantize: str | int | None = None,
+    group_size: int = 128,
 ) -> "BaichuanForCausalLM":
     """Load an official Baichuan checkpoint (folder or hub id) into a :class:`BaichuanForCausalLM`.
 
@@ -602,6 +604,10 @@ def load_model(
         strict: when False, unexpected tensors are skipped and missing parameters are initialised as
             :meth:`BaichuanForCausalLM.from_config` would, with a warning naming them; shape mismatches are
             always errors.
+        quantize: ``"int8"`` or ``"int4"`` to quantize the decoder's linear weights as they arrive, on their
+            target device (the float model never exists; see :mod:`baichuan13b.quantization`), with int4
+            groups of ``group_size``. A folder whose config.json has a ``quantization_config`` is loaded as
+            saved, without re-quantization (asking for another quantization is an error).
 
     Raises:
         CheckpointError: missing, unexpected (strict) or mis-shaped tensors (named, with both shapes), corrupt
@@ -625,6 +631,16 @@ def load_model(
 
     with torch.device("meta"):
         model = BaichuanForCausalLM(config)
+    quant = None  # receives the tensors of quantized modules
+    if quantize is not None or "quantization_config" in config.extra:
+        from .quantization import QuantizationConfig, QuantizationError, prepare_quantized_load
+
+        try:
+            saved = config.extra.get("quantization_config")
+            saved = QuantizationConfig.from_dict(saved) if saved is not None else None
+            quant = prepare_quantized_load(model, saved, quantize, group_size, dtype)
+        except QuantizationError as e:
+            raise CheckpointError(f"{folder}: {e}") from e
     params: dict[str, nn.Parameter] = dict(model.named_parameters())  # tied lm_head.weight appears once
     all_names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     tied_aliases = all_names - set(params)  # e.g. lm_head.weight when tie_word_embeddings
@@ -632,6 +648,7 @@ def load_model(
     unexpected: list[str] = []
     seen_in: dict[str, str] = {}
     total_bytes = sum(p.numel() for p in params.values()) * torch.empty((), dtype=dtype).element_size()
+    total_bytes += quant.nbytes() if quant is not None else 0
 
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"Loading {folder.name or folder}",
                disable=not progress)
@@ -654,6 +671,15 @@ def load_model(
                 if name in tied_aliases:
                     _check_shape(name, tensor, params["model.embed_tokens.weight"], file)
                     continue  # the tied head shares the embedding weight
+                if quant is not None and quant.handles(name):
+                    try:
+                        nbytes = quant.put(name, tensor, plan[_unit_of(name)], file.name)
+                    except QuantizationError as e:
+                        raise CheckpointError(str(e)) from e
+                    loaded.add(name)
+                    bar.update(nbytes)
+                    del tensor
+                    continue
                 param = params.get(name)
                 if param is None:
                     if strict:
@@ -665,8 +691,8 @@ def load_model(
                     continue
                 _check_shape(name, tensor, param, file)
                 if not tensor.is_floating_point():
-                    raise CheckpointError(f"tensor {name} in {file.name} has dtype {tensor.dtype}; quantized or "
-                                          "integer checkpoints are not supported")
+                    raise CheckpointError(f"tensor {name} in {file.name} has dtype {tensor.dtype}; integer "
+                                          "tensors need a quantization_config in config.json")
                 device = plan[_unit_of(name)]
                 # A fresh tensor: never an alias of the memory-mapped file, always contiguous.
                 value = torch.empty(tensor.shape, dtype=dtype, device=device)
@@ -684,13 +710,15 @@ def load_model(
     finally:
         bar.close()
 
-    missing = [n for n in params if n not in loaded]
+    missing = [n for n in params if n not in loaded] + (quant.missing() if quant is not None else [])
     if missing and strict:
         raise CheckpointError(f"checkpoint {folder} is missing {len(missing)} tensor(s): {_shown(missing)}")
     if missing:
         warnings.warn(f"checkpoint {folder} is missing {len(missing)} tensor(s), initialised randomly: "
                       f"{_shown(missing)}", stacklevel=2)
-        _init_missing(model, missing, config, dtype, plan)
+        _init_missing(model, [n for n in missing if n in params], config, dtype, plan)
+        for name in quant.missing() if quant is not None else []:
+            quant.put_random(name, plan[_unit_of(name)], config.initializer_range)
     if unexpected:
         warnings.warn(f"checkpoint {folder} has {len(unexpected)} tensor(s) this model does not use, skipped: "
                       f"{_shown(unexpected)}", stacklevel=2)

@@ -156,7 +156,8 @@ class Attention(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
-        """``start`` is the first cache slot written (shared by all rows), or per-row slots [B, T]."""
+        """``start``: the first cache slot written (shared by all rows), per-row slots [B, T], or shared
+        slots [T] as a tensor (static-shape decoding)."""
         B, T, _ = x.shape
         qkv = self.W_pack(x)  # [B, T, 3 * hidden]
         qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
@@ -170,12 +171,19 @@ class Attention(nn.Module):
             if isinstance(start, int):
                 k_cache[:, :, start : start + T] = k
                 v_cache[:, :, start : start + T] = v
+            elif start.dim() == 1:  # static shapes: slots [T] shared by all rows, no host sync
+                k_cache.index_copy_(2, start.to(k.device), k)
+                v_cache.index_copy_(2, start.to(v.device), v)
             else:  # each row writes at its own slots
                 rows = torch.arange(B, device=k.device)[:, None]  # [B, 1]
                 slots = start.to(k.device)  # [B, T]
                 k_cache[rows, :, slots] = k.transpose(1, 2)  # indexed view is [B, T, H, D]
                 v_cache[rows, :, slots] = v.transpose(1, 2)
             k, v = k_cache[:, :, :S], v_cache[:, :, :S]  # [B, H, S, D]
+        if inputs.slopes is None and inputs.key_valid is None and k.shape[2] == T:
+            # RoPE, no padding, no cached prefix: plain causal attention, eligible for the flash kernels.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.hidden_size))
         outs = []
         for i0 in range(0, T, ATTENTION_QUERY_BLOCK):
             i1 = min(T, i0 + ATTENTION_QUERY_BLOCK)
@@ -218,67 +226,99 @@ class BaichuanModel(nn.Module):
         self.alibi_slopes = alibi_slopes(self.config.num_attention_heads).to(device)
         self.rope_inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta).to(device)
 
+    def _attention_inputs(self, input_ids, attention_mask, cache, input_pos):
+        """Positions, masks and cache write slots for one forward pass, in one of three modes:
+
+        * shared length (default): all rows write at ``cache.length`` onwards and attend to the filled slots;
+          ``attention_mask`` [B, cached + T] marks left padding;
+        * per-row lengths (``cache.row_lengths``, serving): row b writes after its own length;
+        * static shapes (``input_pos`` [T] given, compiled decoding): rows write at ``input_pos`` and attend
+          over the whole preallocated cache, so every step has the same shapes (CUDA-graph friendly);
+          ``attention_mask`` is then [B, cache.max_length]. No host synchronisation.
+        """
+        B, T = input_ids.shape
+        device = input_ids.device
+        rope = self.config.position_embedding == "rope"
+        if input_pos is not None:
+            if cache is None or cache.row_lengths is not None:
+                raise ValueError("input_pos needs a shared-length KVCache (static-shape decoding)")
+            S = cache.max_length
+            q_pos = input_pos.to(device)[None]  # [1, T]
+            if attention_mask is not None and attention_mask.shape != (B, S):
+                raise ValueError(f"with input_pos, attention_mask must cover the whole cache: [{B}, {S}], "
+                                 f"got {list(attention_mask.shape)}")
+            key_valid = attention_mask.to(torch.bool) if attention_mask is not None else None
+            rope_positions = None
+            if rope:
+                if key_valid is not None:  # count real tokens only (left padding)
+                    counts = key_valid.long().cumsum(-1) - 1  # [B, S]
+                    rope_positions = counts.index_select(1, q_pos[0]).clamp(min=0)  # [B, T]
+                else:
+                    rope_positions = q_pos.expand(B, T)
+            write_at: int | torch.Tensor = q_pos[0]
+        else:
+            row_starts = cache.row_lengths if cache is not None else None
+            if row_starts is not None:
+                # Rows hold sequences of different lengths (serving engine): row b writes at row_starts[b] + t
+                # and sees only its own filled slots.
+                if attention_mask is not None:
+                    raise ValueError("attention_mask is not used with a per-row cache: rows are never padded")
+                row_starts = row_starts.to(device)
+                start = int(row_starts.max())  # (host sync) the longest row decides the key range
+            else:
+                start = cache.length if cache is not None else 0
+            S = start + T
+            limit = self.config.max_position
+            if S > limit and not self.config.allow_length_extrapolation:
+                raise ContextLengthError(
+                    f"input of {T} tokens{f' after {start} cached' if start else ''} exceeds the model's context "
+                    f"of {limit} tokens (config max_position); shorten the input"
+                    + (" or enable ALiBi extrapolation with model.config.allow_length_extrapolation = True"
+                       if self.config.position_embedding == "alibi" else "")
+                )
+            if cache is not None and S > cache.max_length:
+                raise ContextLengthError(f"KV cache holds {cache.max_length} positions, {S} are needed")
+            if row_starts is not None:
+                q_pos = row_starts[:, None] + torch.arange(T, device=device)  # [B, T]
+                key_valid = torch.arange(S, device=device)[None, :] < (row_starts + T)[:, None]  # [B, S]
+                write_at = q_pos
+            else:
+                q_pos = torch.arange(start, S, device=device)[None]  # [1, T]
+                write_at = start
+                key_valid = None
+                if attention_mask is not None:
+                    if attention_mask.shape != (B, S):
+                        raise ValueError(
+                            f"attention_mask must have shape [batch, cached + new tokens] = [{B}, {S}], "
+                            f"got {list(attention_mask.shape)}"
+                        )
+                    key_valid = attention_mask.to(torch.bool)
+            rope_positions = None
+            if rope:
+                if key_valid is not None and row_starts is None:
+                    # Positions count real tokens only, so a left-padded row matches the unpadded sequence.
+                    rope_positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # [B, T]
+                else:
+                    rope_positions = q_pos.expand(B, T)
+        inputs = AttentionInputs(
+            q_pos=q_pos,
+            k_pos=torch.arange(S, device=device),
+            key_valid=key_valid,
+            slopes=self.alibi_slopes if self.config.position_embedding == "alibi" else None,
+            rope_positions=rope_positions,
+        )
+        return inputs, write_at
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, T = input_ids.shape
-        device = input_ids.device
-        row_starts = cache.row_lengths if cache is not None else None
-        if row_starts is not None:
-            # Rows of the cache hold sequences of different lengths (serving engine): row b writes at
-            # row_starts[b] + t, and sees only its own filled slots.
-            if attention_mask is not None:
-                raise ValueError("attention_mask is not used with a per-row cache: rows are never padded")
-            row_starts = row_starts.to(device)
-            start = int(row_starts.max())  # (host sync) the longest row decides the key range
-        else:
-            start = cache.length if cache is not None else 0
-        S = start + T
-        limit = self.config.max_position
-        if S > limit and not self.config.allow_length_extrapolation:
-            raise ContextLengthError(
-                f"input of {T} tokens{f' after {start} cached' if start else ''} exceeds the model's context of "
-                f"{limit} tokens (config max_position); shorten the input"
-                + (" or enable ALiBi extrapolation with model.config.allow_length_extrapolation = True"
-                   if self.config.position_embedding == "alibi" else "")
-            )
-        if cache is not None and S > cache.max_length:
-            raise ContextLengthError(f"KV cache holds {cache.max_length} positions, {S} are needed")
-        if row_starts is not None:
-            q_slots = row_starts[:, None] + torch.arange(T, device=device)  # [B, T]
-            key_valid = torch.arange(S, device=device)[None, :] < (row_starts + T)[:, None]  # [B, S]
-        elif attention_mask is not None:
-            if attention_mask.shape != (B, S):
-                raise ValueError(
-                    f"attention_mask must have shape [batch, cached + new tokens] = [{B}, {S}], "
-                    f"got {list(attention_mask.shape)}"
-                )
-            key_valid = attention_mask.to(torch.bool)
-        else:
-            key_valid = None
-        q_pos = q_slots if row_starts is not None else torch.arange(start, S, device=device)[None]  # [1|B, T]
-        k_pos = torch.arange(S, device=device)
-        rope_positions = None
-        if self.config.position_embedding == "rope":
-            if row_starts is not None:
-                rope_positions = q_slots
-            elif key_valid is not None:
-                # Positions count real tokens only, so a left-padded row matches the unpadded sequence.
-                rope_positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # [B, T]
-            else:
-                rope_positions = q_pos.expand(B, T)
-        inputs = AttentionInputs(
-            q_pos=q_pos,
-            k_pos=k_pos,
-            key_valid=key_valid,
-            slopes=self.alibi_slopes if self.config.position_embedding == "alibi" else None,
-            rope_positions=rope_positions,
-        )
+        """Final hidden states [B, T, hidden]; see :meth:`BaichuanForCausalLM.forward` for the arguments."""
+        inputs, write_at = self._attention_inputs(input_ids, attention_mask, cache, input_pos)
         inv_freq = self.rope_inv_freq if self.config.position_embedding == "rope" else None
-        write_at = q_slots if row_starts is not None else start
 
         x = self.embed_tokens(input_ids)  # [B, T, hidden]
         for i, layer in enumerate(self.layers):
@@ -292,10 +332,11 @@ class BaichuanModel(nn.Module):
                 )
             else:
                 x = layer(x, inputs, inv_freq, layer_cache, write_at)
-        if cache is not None and cache.row_lengths is not None:
-            cache.row_lengths += T
-        elif cache is not None:
-            cache.length = S
+        if cache is not None and input_pos is None:
+            if cache.row_lengths is not None:
+                cache.row_lengths += input_ids.shape[1]
+            else:
+                cache.length += input_ids.shape[1]
         x = x.to(self.norm.weight.device)
         return self.norm(x)
 
@@ -326,6 +367,7 @@ class BaichuanForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.generation_config: GenerationConfig | None = None
+        self.tensor_parallel: tuple[int, int] | None = None  # (rank, world size) once sharded
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -362,6 +404,16 @@ class BaichuanForCausalLM(nn.Module):
 
         return load_model(path_or_id, torch_dtype=torch_dtype, device_map=device_map, progress=progress, **kwargs)
 
+    def quantize(self, bits: int, group_size: int = 128, **options: Any) -> "BaichuanForCausalLM":
+        """Quantize the weights in place: ``bits`` 8 (int8 per channel) or 4 (int4, groups of ``group_size``).
+
+        See :func:`baichuan13b.quantization.quantize_model` (``options``: ``quantize_lm_head``,
+        ``quantize_embeddings``). Returns the model, as the seed's ``quantize`` did.
+        """
+        from .quantization import QuantizationConfig, quantize_model
+
+        return quantize_model(self, QuantizationConfig(bits=bits, group_size=group_size, **options))
+
     def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> None:
         """Write config.json, weights (safetensors by default) and generation_config.json in the official layout."""
         from .checkpoint import save_model
@@ -376,7 +428,8 @@ class BaichuanForCausalLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        """The compute dtype (that of the final norm: also right when the embeddings are quantized)."""
+        return self.model.norm.weight.dtype
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -395,7 +448,7 @@ class BaichuanForCausalLM(nn.Module):
         return KVCache(
             num_layers=self.config.num_hidden_layers,
             batch_size=batch_size,
-            num_heads=self.config.num_attention_heads,
+            num_heads=self.model.layers[0].self_attn.num_heads,  # this rank's heads under tensor parallelism
             head_dim=self.config.head_dim,
             max_length=max_length,
             dtype=dtype or self.dtype,
@@ -411,6 +464,7 @@ class BaichuanForCausalLM(nn.Module):
         labels: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        input_pos: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """Logits for ``input_ids`` [B, T].
 
@@ -419,8 +473,11 @@ class BaichuanForCausalLM(nn.Module):
             labels: [B, T] targets; the loss is next-token cross-entropy, positions equal to -100 ignored.
             cache: a :class:`KVCache`; new keys/values are written after ``cache.length`` and it is advanced.
             logits_to_keep: if > 0, compute logits for the last ``logits_to_keep`` positions only.
+            input_pos: [T] cache slots to write, for static-shape (compiled) decoding: attention then spans
+                the whole cache, ``attention_mask`` is [B, cache.max_length], and ``cache.length`` is not
+                advanced (the caller tracks positions).
         """
-        hidden = self.model(input_ids, attention_mask=attention_mask, cache=cache)  # [B, T, hidden]
+        hidden = self.model(input_ids, attention_mask=attention_mask, cache=cache, input_pos=input_pos)  # [B, T, hidden]
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         hidden = hidden.to(self.lm_head.weight.device)

@@ -262,10 +262,12 @@ class BaichuanTokenizer:
     def save_pretrained(self, folder: PathLike) -> list[str]:
         """Write ``tokenizer.model``, ``tokenizer_config.json`` and ``special_tokens_map.json``
         to ``folder`` in the official layout; returns the written paths."""
+        from .checkpoint import atomic_write_bytes, atomic_write_text
+
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         model_path = out / VOCAB_FILE_NAME
-        model_path.write_bytes(self.sp_model.serialized_model_proto())
+        atomic_write_bytes(model_path, self.sp_model.serialized_model_proto())
 
         def added(tok: str | None) -> dict[str, Any] | None:
             if tok is None:
@@ -293,7 +295,7 @@ class BaichuanTokenizer:
             "unk_token": added(self.unk_token),
         }
         config_path = out / TOKENIZER_CONFIG_NAME
-        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         special_map = {}
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             entry = added(getattr(self, key))
@@ -301,7 +303,7 @@ class BaichuanTokenizer:
                 entry.pop("__type")
                 special_map[key] = entry
         map_path = out / SPECIAL_TOKENS_MAP_NAME
-        map_path.write_text(json.dumps(special_map, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(map_path, json.dumps(special_map, indent=2, ensure_ascii=False) + "\n")
         return [str(model_path), str(config_path), str(map_path)]
 
     # --------------------------------------------------------------- vocabulary

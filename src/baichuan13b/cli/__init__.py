@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -11,6 +12,14 @@ from typing import Sequence
 SUBCOMMANDS = {
     "chat": "chat",
     "generate": "generate",
+    "serve": "serve",
+    "bench": "bench",
+    "eval": "evaluate",
+    "quantize": "quantize",
+    "info": "info",
+    "web": "web",
+    "finetune": "finetune",
+    "export": "export",
 }
 
 
@@ -35,9 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``baichuan`` console command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the close matches of a mistyped flag (e.g. --lora_rnk -> --lora_rank)
+        from ..training.arguments import unrecognized_message
+
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        sub.error(unrecognized_message(sub, extra))
     try:
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        if _leave_process_group(wait_for_peers=True):
+            # Under torchrun, exit without interpreter teardown: with gloo, a C++ worker thread sometimes
+            # outlives the process group and std::terminate aborts a rank that has already finished cleanly.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        return status
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -45,3 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Configuration and input errors: one clear line, no traceback (CheckpointError is a ValueError).
         print(f"baichuan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group(wait_for_peers=False)
+
+
+def _leave_process_group(wait_for_peers: bool) -> bool:
+    """Under torchrun, leave the process group cleanly (a rank that exits while a peer still talks to it makes
+    gloo abort that peer). Returns whether there was a group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
+        dist.destroy_process_group()
+        return True
+    return False

@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Iterable, TextIO
 
 from ..chat import chat as chat_answer
+from ..tensor_parallel import broadcast_object, is_main_process
 from .common import add_model_arguments, add_sampling_arguments, load, sampling_overrides
 
 HELP = "chat in the terminal"
@@ -36,6 +37,14 @@ class ChatSession:
         self.system = system
         self.stream = stream
         self.messages: list[dict[str, str]] = []
+        # Under tensor parallelism rank 0 announces every action so the other ranks run the same forwards.
+        self.announce: Callable[[tuple], None] | None = None
+
+    def clear(self) -> None:
+        """Start a new conversation."""
+        if self.announce:
+            self.announce(("clear",))
+        self.messages.clear()
 
     def conversation(self) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -46,6 +55,8 @@ class ChatSession:
 
         A KeyboardInterrupt stops the answer; what was generated so far is kept in the history and returned.
         """
+        if self.announce:
+            self.announce(("answer", text))
         self.messages.append({"role": "user", "content": text})
         answer = ""
         try:
@@ -73,7 +84,7 @@ def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO) -> None:
         if command == "exit":
             return
         if command == "clear":
-            session.messages.clear()
+            session.clear()
             continue
         if command == "stream":
             session.stream = not session.stream
@@ -102,7 +113,7 @@ def run_interactive(session: ChatSession, model_name: str) -> None:
         if command == "exit":
             return
         if command == "clear":
-            session.messages.clear()
+            session.clear()
             print("\033[2J\033[H" + WELCOME, flush=True)
             continue
         if command == "stream":
@@ -114,12 +125,33 @@ def run_interactive(session: ChatSession, model_name: str) -> None:
         print(flush=True)
 
 
+def follow(session: ChatSession) -> None:
+    """Ranks other than 0 under torchrun: repeat rank 0's actions (same forwards, no I/O) until it exits."""
+    while True:
+        action = broadcast_object(None)
+        if action[0] == "exit":
+            return
+        if action[0] == "clear":
+            session.messages.clear()
+        else:
+            session.answer(action[1], lambda s: None)
+
+
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load(args)
     session = ChatSession(model, tokenizer, sampling_overrides(args), system=args.system,
                           stream=not args.no_stream)
-    if sys.stdin.isatty():
-        run_interactive(session, "Baichuan")
-    else:
-        run_lines(session, sys.stdin, sys.stdout)
+    if model.tensor_parallel is not None:
+        if not is_main_process():
+            follow(session)
+            return 0
+        session.announce = broadcast_object
+    try:
+        if sys.stdin.isatty():
+            run_interactive(session, "Baichuan")
+        else:
+            run_lines(session, sys.stdin, sys.stdout)
+    finally:
+        if session.announce:
+            session.announce(("exit",))
     return 0

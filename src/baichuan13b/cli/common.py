@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..tensor_parallel import apply_tensor_parallel, init_distributed, local_device
+
 DEFAULT_HUB_MODEL = "baichuan-inc/Baichuan-13B-Chat"
 # The project's own small model (built by the demo pipeline) is the offline default once it exists.
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
@@ -30,6 +32,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N, or auto (split layers over the visible GPUs, CPU when none)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar while loading")
+    g.add_argument("--quantize", default=None, choices=["int8", "int4"],
+                   help="quantize the weights while loading (weight-only int8 per channel, or int4 group-wise); "
+                        "a folder written by `baichuan quantize` is loaded as saved")
+    g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    g.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder (PEFT format: adapter_config.json + adapter_model.safetensors/.bin) "
+                        "applied on top of --model")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,11 +70,34 @@ def load(args: argparse.Namespace):
     from ..tokenizer import BaichuanTokenizer
 
     model_path = args.model or default_model()
+    adapter = getattr(args, "adapter", None)
+    if adapter is None and (Path(model_path) / "adapter_config.json").is_file() \
+            and not (Path(model_path) / "config.json").is_file():
+        # --model names an adapter folder (e.g. a LoRA fine-tuning output): its base model comes from its config.
+        from ..training.lora import read_adapter
+
+        adapter, model_path = model_path, read_adapter(model_path)[0].base_model_name_or_path
+        if not model_path:
+            raise ValueError(f"{adapter} is a LoRA adapter without base_model_name_or_path: give --model BASE "
+                             f"--adapter {adapter}")
     device = args.device
     if device == "auto" and not torch.cuda.is_available():
         device = "cpu"
+    rank, world = init_distributed()  # under torchrun: join the group, one device per rank
+    if world > 1:
+        if getattr(args, "quantize", None):
+            raise ValueError("--quantize cannot be combined with tensor parallelism (torchrun) yet")
+        device = str(local_device())
     model = BaichuanForCausalLM.from_pretrained(model_path, torch_dtype=args.dtype, device_map=device,
-                                                progress=not args.no_progress)
+                                                progress=not args.no_progress and rank == 0,
+                                                quantize=getattr(args, "quantize", None),
+                                                group_size=getattr(args, "group_size", 128))
+    if adapter:
+        from ..training.lora import load_adapter
+
+        load_adapter(model, adapter)
+    if world > 1:
+        apply_tensor_parallel(model)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer
 

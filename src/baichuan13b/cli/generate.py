@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..generation import stream_text
+from ..tensor_parallel import broadcast_object
 from .common import add_model_arguments, add_sampling_arguments, load, sampling_overrides
 
 HELP = "complete a prompt (raw text, no chat format)"
@@ -18,12 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    if not prompt:
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reads and prints
+    prompt = args.prompt
+    if prompt is None and main_rank:
+        prompt = sys.stdin.read()
+    if main_rank and not prompt:
         raise ValueError("empty prompt: give --prompt TEXT or text on standard input")
     model, tokenizer = load(args)
+    prompt = broadcast_object(prompt)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    out = sys.stdout
+    out = sys.stdout if main_rank else open(os.devnull, "w")
     for piece in stream_text(model, tokenizer, ids, **sampling_overrides(args)):
         out.write(piece)
         out.flush()

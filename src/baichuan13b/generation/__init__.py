@@ -1,7 +1,7 @@
 """Generation: decoding settings, logits processing, the decode loop and text streaming."""
 
 from .config import GenerationConfig
-from .decode import StopStringMatcher, generate, stream_text, stream_tokens
+from .decode import StopStringMatcher, TextStream, generate, stream_text, stream_tokens
 from .sampling import (
     apply_repetition_penalty,
     apply_temperature,
@@ -14,6 +14,7 @@ from .sampling import (
 __all__ = [
     "GenerationConfig",
     "StopStringMatcher",
+    "TextStream",
     "apply_repetition_penalty",
     "apply_temperature",
     "apply_top_k",

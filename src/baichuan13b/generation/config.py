@@ -11,6 +11,8 @@ from typing import Any
 
 from ..config import ModelConfig
 
+GREEDY_TEMPERATURE = 1e-6
+
 
 @dataclass
 class GenerationConfig:
@@ -19,7 +21,7 @@ class GenerationConfig:
     Baichuan-13B-Chat ships ``temperature=0.3, top_k=5, top_p=0.85, repetition_penalty=1.1,
     max_new_tokens=2048, user_token_id=195, assistant_token_id=196``.
 
-    ``do_sample=False`` (or ``temperature == 0``) is greedy decoding. ``top_k=0`` and ``top_p=1.0`` disable those
+    ``do_sample=False`` (or ``temperature <= 1e-6``) is greedy decoding. ``top_k=0`` and ``top_p=1.0`` disable those
     filters. ``stop_strings`` end a sequence when its decoded text contains one of them (needs a tokenizer);
     ``seed`` makes sampling reproducible.
     """
@@ -62,7 +64,9 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
+        """Argmax decoding: ``do_sample`` off, or a temperature so small (<= 1e-6) that sampling is its limit,
+        argmax (dividing logits by it would overflow float32)."""
+        return not self.do_sample or self.temperature <= GREEDY_TEMPERATURE
 
     @property
     def eos_token_ids(self) -> list[int]:

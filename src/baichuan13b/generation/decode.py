@@ -59,6 +59,41 @@ class StopStringMatcher:
         return "" if self.stopped else out
 
 
+class TextStream:
+    """The text of one generated sequence, token by token: what ``stream_text`` shows, reusable by a server.
+
+    ``put(token)`` returns the new text (possibly ``""``); the sequence is ``finished`` at an eos token (whose text
+    is never shown) or when a stop string completes (the stop string and what follows are dropped). At the end of
+    a sequence that did not finish (length limit), ``close()`` returns the text still held back. Detokenisation is
+    incremental (``tokenizer.stream_decoder``): never half a UTF-8 character, constant work per token.
+    """
+
+    def __init__(self, tokenizer: Any, eos_token_ids: list[int] | tuple[int, ...] = (),
+                 stop_strings: list[str] | tuple[str, ...] = ()):
+        self.decoder = tokenizer.stream_decoder(skip_special_tokens=True)
+        self.matcher = StopStringMatcher(stop_strings)
+        self.eos = set(eos_token_ids)
+        self.finished = False
+
+    def put(self, token: int) -> str:
+        if self.finished:
+            raise ValueError("TextStream.put after the sequence finished")
+        if token in self.eos:
+            text = self.close()
+            self.finished = True
+            return text
+        text, stopped = self.matcher.feed(self.decoder.put(token))
+        self.finished = stopped
+        return text
+
+    def close(self) -> str:
+        """Text held back (an incomplete character, a possible stop-string prefix) at the end of the stream."""
+        if self.finished:
+            return ""
+        text, _ = self.matcher.feed(self.decoder.flush())
+        return text + self.matcher.flush()
+
+
 def resolve_config(model: "BaichuanForCausalLM", generation_config: GenerationConfig | None,
                    overrides: dict[str, Any]) -> GenerationConfig:
     """The explicit config, else the model's, else defaults from config.json; then ``overrides`` applied."""
@@ -78,6 +113,30 @@ def _new_token_budget(model: "BaichuanForCausalLM", prompt_len: int, max_new_tok
     return min(max_new_tokens, context - prompt_len)
 
 
+def decode_step(model: "BaichuanForCausalLM", tokens: torch.Tensor, input_pos: torch.Tensor, cache,
+                mask: torch.Tensor) -> torch.Tensor:
+    """One decode step at fixed shapes: ``tokens`` [B, 1] written at cache slot ``input_pos`` [1], attention
+    over the whole cache with ``mask`` [B, cache.max_length]. Returns logits [B, vocab]."""
+    return model(tokens, attention_mask=mask, cache=cache, input_pos=input_pos, logits_to_keep=1).logits[:, -1]
+
+
+_compiled_steps: dict[str, Any] = {}
+
+
+def compiled_decode_step(device_type: str):
+    """``decode_step`` under ``torch.compile`` (CUDA graphs via ``mode="reduce-overhead"`` on GPUs), compiled
+    once per process and device type. Shapes stay fixed from token to token, so it is not recompiled."""
+    if device_type not in _compiled_steps:
+        mode = "reduce-overhead" if device_type == "cuda" else None
+        _compiled_steps[device_type] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _compiled_steps[device_type]
+
+
+def _static_cache_length(needed: int, context: int) -> int:
+    """Round the cache up (multiples of 256, at most the context) so compiled shapes repeat across calls."""
+    return max(needed, min(context, -(-needed // 256) * 256))
+
+
 @torch.inference_mode()
 def stream_tokens(
     model: "BaichuanForCausalLM",
@@ -85,12 +144,15 @@ def stream_tokens(
     attention_mask: torch.Tensor | None = None,
     generation_config: GenerationConfig | None = None,
     tokenizer: Any = None,
+    compile: bool = False,
     **overrides: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, [B] LongTensor, one step at a time.
 
     Rows that have finished (eos, or a stop string when a ``tokenizer`` is given) yield ``pad_token_id``. The
-    number of steps is ``max_new_tokens``, capped by the context length.
+    number of steps is ``max_new_tokens``, capped by the context length. ``compile=True`` runs the decode
+    steps at fixed shapes through ``torch.compile`` (CUDA graphs on GPUs; see :func:`compiled_decode_step`):
+    same tokens, less launch overhead; the first call pays the compilation.
     """
     cfg = resolve_config(model, generation_config, overrides)
     if input_ids.dim() == 1:
@@ -105,7 +167,9 @@ def stream_tokens(
         return
     device = model.device
     input_ids = input_ids.to(device)
-    mask = torch.ones(B, T + max_new, dtype=torch.long, device=device)
+    cache_len = _static_cache_length(T + max_new, max(model.config.max_position, T + max_new)) if compile \
+        else T + max_new
+    mask = torch.ones(B, cache_len, dtype=torch.long, device=device)
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape {[B, T]}")
@@ -127,8 +191,9 @@ def stream_tokens(
         matchers = [StopStringMatcher(cfg.stop_strings) for _ in range(B)]
         decoders = [tokenizer.stream_decoder(skip_special_tokens=True) for _ in range(B)]
 
-    cache = model.new_cache(B, T + max_new)
+    cache = model.new_cache(B, cache_len)
     logits = model(input_ids, attention_mask=mask[:, :T], cache=cache, logits_to_keep=1).logits[:, -1]
+    step_fn = compiled_decode_step(device.type) if compile else None
     for step in range(max_new):
         logits = process_logits(logits, seen, cfg)
         nxt = select_next(logits, cfg, generator)  # [B]
@@ -143,11 +208,19 @@ def stream_tokens(
                     _, stopped = matchers[row].feed(decoders[row].put(token))
                     if stopped:
                         finished[row] = True
-        if bool(finished.all()) or step == max_new - 1:
+        if step == max_new - 1:
+            return
+        # Only a possible stop needs the host to look at the tokens: without eos and stop strings (benchmarks)
+        # the loop never synchronises, so the device runs ahead of Python.
+        if (eos.numel() or matchers is not None) and bool(finished.all()):
             return
         S = T + step + 1
-        logits = model(nxt[:, None].to(device), attention_mask=mask[:, : S], cache=cache,
-                       logits_to_keep=1).logits[:, -1]
+        if step_fn is not None:
+            pos = torch.tensor([S - 1], device=device)
+            logits = step_fn(model, nxt[:, None].to(device), pos, cache, mask).clone()
+        else:
+            logits = model(nxt[:, None].to(device), attention_mask=mask[:, : S], cache=cache,
+                           logits_to_keep=1).logits[:, -1]
 
 
 def generate(
@@ -190,23 +263,17 @@ def stream_text(
     cfg = resolve_config(model, generation_config, overrides)
     if input_ids.dim() == 2 and input_ids.size(0) != 1:
         raise ValueError("stream_text handles one sequence; use stream_tokens for batches")
-    eos = set(cfg.eos_token_ids)
-    decoder = tokenizer.stream_decoder(skip_special_tokens=True)
-    matcher = StopStringMatcher(cfg.stop_strings)
+    text_stream = TextStream(tokenizer, cfg.eos_token_ids, cfg.stop_strings)
     # Stop strings are handled here on the text, so the token loop does not need to decode a second time.
     tokens = stream_tokens(model, input_ids, None, cfg.update(stop_strings=[]) if cfg.stop_strings else cfg)
     try:
         for step in tokens:
-            token = int(step[0])
-            if token in eos:
-                break
-            text, stopped = matcher.feed(decoder.put(token))
+            text = text_stream.put(int(step[0]))
             if text:
                 yield text
-            if stopped:
+            if text_stream.finished:
                 return
-        text, _ = matcher.feed(decoder.flush())
-        text += matcher.flush()
+        text = text_stream.close()
         if text:
             yield text
     finally:

@@ -1,0 +1,80 @@
+"""Decode speed: tokens/s, ms/token, achieved GB/s and % of the measured memory-bandwidth roofline.
+
+Random weights of a real shape (``--random-weights baichuan-13b``) or a checkpoint (``--model``).
+``--compare`` reproduces the seed's table: Baichuan-13B against the LLaMA-13B shape, same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+HELP = "measure decode speed against the memory-bandwidth roofline"
+
+DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help="checkpoint folder or hub id")
+    src.add_argument("--random-weights", default=None, metavar="PRESET|CONFIG",
+                     help="random weights of a preset shape (baichuan-13b, baichuan-7b, llama-13b, baichuan-1b, "
+                          "...) or of a config.json (default: baichuan-13b on GPU, baichuan-1b on CPU)")
+    p.add_argument("--compare", action="store_true",
+                   help="the seed's table: baichuan-13b and llama-13b shapes with random weights")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp16 on GPU, bf16 on CPU")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--gen-len", type=int, default=None, help="new tokens (default: 2048 on GPU, 128 on CPU)")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile the decode step (default on GPU)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.speed import config_from_spec, copy_bandwidth, measure, random_model, write_json
+    from ..model import BaichuanForCausalLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    dtype = DTYPES[args.dtype or ("fp16" if on_gpu else "bf16")]
+    gen_len = args.gen_len or (2048 if on_gpu else 128)
+    compile = on_gpu if args.compile is None else args.compile
+    if args.batch < 1 or args.prompt_len < 1 or gen_len < 1:
+        raise ValueError("--batch, --prompt-len and --gen-len must be positive")
+    bandwidth = copy_bandwidth(device)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if on_gpu else 'CPU'}), torch {torch.__version__}, "
+          f"measured copy bandwidth {bandwidth:.1f} GB/s, {torch.get_num_threads()} CPU threads", flush=True)
+
+    if args.compare:
+        specs = ["baichuan-13b", "llama-13b"]
+    elif args.model:
+        specs = []
+    else:
+        specs = [args.random_weights or ("baichuan-13b" if on_gpu else "baichuan-1b")]
+    results = []
+    if args.model:
+        model = BaichuanForCausalLM.from_pretrained(args.model, torch_dtype=dtype, device_map=str(device))
+        results.append(measure(model, name=str(args.model).rstrip("/").split("/")[-1], batch=args.batch,
+                               prompt_len=args.prompt_len, gen_len=gen_len, compile=compile,
+                               bandwidth_gbs=bandwidth))
+        print(results[-1].line(), flush=True)
+    for spec in specs:
+        config = config_from_spec(spec)
+        model = random_model(config, dtype, device)
+        results.append(measure(model, name=spec, batch=args.batch, prompt_len=args.prompt_len, gen_len=gen_len,
+                               compile=compile, bandwidth_gbs=bandwidth))
+        print(results[-1].line(), flush=True)
+        del model
+        if on_gpu:
+            torch.cuda.empty_cache()
+    if args.json:
+        write_json(results, args.json)
+    return 0

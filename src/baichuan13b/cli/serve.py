@@ -1,0 +1,100 @@
+"""Serve the model over an OpenAI-compatible HTTP API, with continuous batching.
+
+Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with "stream": true), GET /health,
+GET /metrics (Prometheus). Listens on 127.0.0.1 unless --host says otherwise; no CORS unless --cors-origins;
+with --api-key (or the BAICHUAN_API_KEY environment variable) clients must send "Authorization: Bearer KEY".
+Sampling defaults come from the checkpoint's generation_config.json; requests override them. The first
+SIGTERM / Ctrl+C drains (new requests get 503 while those in flight finish), a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+from .common import add_model_arguments, err, load
+
+HELP = "serve an OpenAI-compatible API (continuous batching)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $BAICHUAN_API_KEY if set, else no key)")
+    g.add_argument("--served-model-name", default=None,
+                   help="the model name clients send (default: the model folder's name or the hub id)")
+    g.add_argument("--cors-origins", default=None, metavar="ORIGINS",
+                   help="comma-separated origins allowed by CORS, e.g. https://app.example.com (default: no CORS)")
+    g.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest accepted request body")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache slots)")
+    e.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a slot; beyond that requests get 429 with Retry-After")
+    e.add_argument("--max-seq-len", type=int, default=None,
+                   help="positions per slot, prompt + answer (default: the model's context)")
+    e.add_argument("--prefill-chunk", type=int, default=512,
+                   help="prompt tokens prefilled per scheduler step (longer prompts are split)")
+    e.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
+                   help="memory for the KV cache in GiB; lowers --max-batch to what fits (default on CUDA: 90%% "
+                        "of the memory free after loading; on CPU: a quarter of the RAM)")
+
+
+def served_name(model_arg: str) -> str:
+    """Folder name of a local checkpoint, or the hub id itself."""
+    path = Path(model_arg)
+    return path.resolve().name if path.exists() else model_arg
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..serving import Engine
+    from ..serving.api import create_app, serve
+    from .common import default_model
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BAICHUAN_API_KEY") or None
+    if args.api_key is not None and not args.api_key:
+        raise ValueError("--api-key is empty")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    origins = [o.strip() for o in (args.cors_origins or "").split(",") if o.strip()]
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
+    model, tokenizer = load(args)
+    kv_bytes = None
+    if args.kv_cache_memory is not None:
+        if args.kv_cache_memory <= 0:
+            raise ValueError(f"--kv-cache-memory must be > 0, got {args.kv_cache_memory}")
+        kv_bytes = int(args.kv_cache_memory * 2**30)
+    elif model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model.device)
+        kv_bytes = int(free * 0.9)
+    else:  # host memory: at most a quarter of it, so that a large model's slots cannot exhaust the machine
+        kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
+                    max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes)
+    name = args.served_model_name or served_name(args.model or default_model())
+    if api_key is None and not _is_loopback(args.host):
+        err(f"baichuan serve: warning: listening on {args.host} without an API key; anyone who can reach this "
+            f"address can use the model (give --api-key)")
+    app = create_app(engine, model_name=name, api_key=api_key, cors_origins=origins,
+                     max_request_bytes=args.max_request_bytes)
+    err(f"baichuan serve: model '{name}' on http://{args.host}:{args.port}/v1 ({engine.max_batch} slots of "
+        f"{engine.context_length} positions, KV cache {engine.cache.nbytes() / 2**30:.2f} GiB)")
+    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

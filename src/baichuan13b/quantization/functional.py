@@ -1,0 +1,236 @@
+"""Weight-only quantization maths: quantize, pack, dequantize, and the matmul kernels.
+
+Stored formats (device independent; what ``state_dict`` holds and checkpoints contain):
+
+* **int8**, symmetric per output channel: ``weight`` int8 [out, in], ``scales`` [out];
+  ``w ~= weight * scales[:, None]``.
+* **int4**, asymmetric group-wise along the input dimension (group size ``g`` in 32/64/128/256):
+  ``weight`` uint8 [out, in / 2] holding two 4-bit codes per byte (high nibble = even column, low nibble = odd
+  column), ``scales`` and ``zeros`` [out, in / g]; ``w ~= (q - 8) * scale + zero`` for code ``q`` in 0..15
+  (the "zero in the float domain" convention of the tinygemm kernels, so no conversion is needed for them).
+
+Kernels (chosen per call by :func:`int8_linear` / the int4 module): PyTorch's packed weight-only kernels
+``aten._weight_int8pack_mm`` (CPU; CUDA where the installed torch has it), ``aten._weight_int4pack_mm_for_cpu``
+(CPU) and ``aten._weight_int4pack_mm`` (CUDA, tinygemm, sm80+, bfloat16 activations). Elsewhere a plain
+dequantize-then-matmul over blocks of output rows gives the same results without ever materialising the whole
+dequantized weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+# Elements of dequantized weight materialised at once by the fallback matmul (16 Mi elements = 32 MiB in bf16).
+FALLBACK_BLOCK_ELEMENTS = 1 << 24
+# innerKTiles of the CUDA tinygemm layout (largest that divides in_features / 16 is used).
+_CUDA_INNER_K_TILES = (8, 4, 2)
+
+
+class QuantizationError(ValueError):
+    """A weight or option that cannot be quantized (the message names the problem)."""
+
+
+# --------------------------------------------------------------------------------------------- int8
+def quantize_int8(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row absmax int8: returns ``(q int8 [N, K], scales dtype [N])``.
+
+    The maths runs in float32 on ``weight``'s device; codes are rounded against the scales as stored in
+    ``dtype``, so dequantizing with the stored scales is as close as possible to ``weight``.
+    """
+    if weight.dim() != 2:
+        raise QuantizationError(f"int8 quantization needs a 2-D weight, got shape {list(weight.shape)}")
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127.0).to(dtype)  # [N]
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # all-zero (or underflowing) rows
+    q = torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)  # [N, K]
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scales`` row-wise, in ``dtype`` (float32 maths): [N, K]."""
+    return (q.float() * scales.float()[:, None]).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------- int4
+def check_group_size(group_size: int, in_features: int, what: str = "weight") -> None:
+    """Raise :class:`QuantizationError` unless ``group_size`` is supported and divides ``in_features``."""
+    if group_size not in INT4_GROUP_SIZES:
+        raise QuantizationError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if in_features % group_size:
+        raise QuantizationError(f"{what}: in_features {in_features} is not divisible by the int4 group size "
+                                f"{group_size} (choose a group size that divides it)")
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 [..., K] (any integer dtype) -> uint8 [..., K / 2], high nibble = even column."""
+    if q.shape[-1] % 2:
+        raise QuantizationError(f"int4 packing needs an even last dimension, got {list(q.shape)}")
+    q = q.to(torch.uint8)
+    return (q[..., 0::2] << 4) | q[..., 1::2]
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K / 2] -> codes uint8 [..., K] (inverse of :func:`pack_int4`)."""
+    high = packed >> 4
+    low = packed & 0x0F
+    return torch.stack((high, low), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)  # [..., K]
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise int4 (min/max round to nearest): returns ``(packed uint8 [N, K/2],
+    scales dtype [N, K/g], zeros dtype [N, K/g])`` with ``w ~= (q - 8) * scale + zero``."""
+    if weight.dim() != 2:
+        raise QuantizationError(f"int4 quantization needs a 2-D weight, got shape {list(weight.shape)}")
+    N, K = weight.shape
+    check_group_size(group_size, K)
+    w = weight.float().reshape(N, K // group_size, group_size)  # [N, G, g]
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)  # [N, G]
+    scales = ((hi - lo) / 15.0).to(dtype)
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # constant groups
+    s = scales.float()
+    zeros = (lo + 8.0 * s).to(dtype)
+    q = torch.round((w - zeros.float()[..., None]) / s[..., None] + 8.0).clamp_(0, 15)  # [N, G, g]
+    return pack_int4(q.reshape(N, K)), scales, zeros
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """``(q - 8) * scale + zero`` in ``dtype`` (float32 maths): [N, K] from packed [N, K/2]."""
+    N, G = scales.shape
+    q = unpack_int4(packed).float().reshape(N, G, -1)  # [N, G, g]
+    w = (q - 8.0) * scales.float()[..., None] + zeros.float()[..., None]
+    return w.reshape(N, -1).to(dtype)  # [N, K]
+
+
+# --------------------------------------------------------------------------------------------- matmuls
+def _row_blocks(rows: int, cols: int) -> list[tuple[int, int]]:
+    step = max(1, FALLBACK_BLOCK_ELEMENTS // max(1, cols))
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x @ dequantize(q, scales).T`` by blocks of output rows (the portable fallback): [..., N]."""
+    outs = [F.linear(x, dequantize_int8(q[r0:r1], scales[r0:r1], x.dtype)) for r0, r1 in _row_blocks(*q.shape)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+def int4_linear_reference(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                          zeros: torch.Tensor) -> torch.Tensor:
+    """``x @ dequantize(packed, scales, zeros).T`` by blocks of output rows (the portable fallback): [..., N]."""
+    K = packed.shape[1] * 2
+    outs = [F.linear(x, dequantize_int4(packed[r0:r1], scales[r0:r1], zeros[r0:r1], x.dtype))
+            for r0, r1 in _row_blocks(packed.shape[0], K)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+
+_INT8_KERNEL_DEVICES: dict[str, bool] = {}
+
+
+def int8_kernel_available(device: torch.device) -> bool:
+    """Whether ``aten._weight_int8pack_mm`` runs on this device type (CPU: torch >= 2.3; CUDA: newer torch).
+
+    The CUDA answer is found once per process by running the op on a tiny input; only "not implemented for
+    this backend" counts as unavailable, any other error propagates.
+    """
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        return False
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda":
+        return False
+    if "cuda" not in _INT8_KERNEL_DEVICES:
+        x = torch.zeros(1, 32, dtype=torch.bfloat16, device=device)
+        w = torch.zeros(32, 32, dtype=torch.int8, device=device)
+        s = torch.ones(32, dtype=torch.bfloat16, device=device)
+        try:
+            torch.ops.aten._weight_int8pack_mm(x, w, s)
+            _INT8_KERNEL_DEVICES["cuda"] = True
+        except NotImplementedError:
+            _INT8_KERNEL_DEVICES["cuda"] = False
+    return _INT8_KERNEL_DEVICES["cuda"]
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
+    """``x [..., K] @ (q * scales).T`` -> [..., N], through ``_weight_int8pack_mm`` where available."""
+    if use_kernel and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and int8_kernel_available(x.device):
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
+        y = torch.ops.aten._weight_int8pack_mm(x2, q, scales.to(x.dtype))  # [M, N]
+        return y.reshape(*x.shape[:-1], q.shape[0])
+    return int8_linear_reference(x, q, scales)
+
+
+# -------------------------------------------------------------------- int4 kernels (device-specific layouts)
+def int4_kernel_kind(device: torch.device, out_features: int, in_features: int, group_size: int) -> str | None:
+    """``"cpu"`` or ``"cuda"`` when a packed int4 kernel can run this shape on ``device``, else None."""
+    if group_size not in INT4_GROUP_SIZES or in_features % group_size:
+        return None
+    if device.type == "cpu":
+        if hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and out_features % 16 == 0:
+            return "cpu"
+        return None
+    if device.type == "cuda":
+        if not hasattr(torch.ops.aten, "_weight_int4pack_mm") or out_features % 8:
+            return None
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            return None
+        if any(in_features % (16 * t) == 0 for t in _CUDA_INNER_K_TILES):
+            return "cuda"
+    return None
+
+
+def int4_kernel_dtype(kind: str, dtype: torch.dtype) -> torch.dtype:
+    """Activation / scale dtype of the kernel: the CUDA tinygemm kernel takes bfloat16 only."""
+    return torch.bfloat16 if kind == "cuda" else dtype
+
+
+def pack_int4_for_kernel(kind: str, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert the stored int4 format to the kernel layout: ``(kernel_weight, scale_and_zeros [K/g, N, 2])``.
+
+    The kernel weight layout is opaque and specific to the device type (and, on CPU, to the vector ISA).
+    """
+    N, half_k = packed.shape
+    K = half_k * 2
+    dtype = int4_kernel_dtype(kind, scales.dtype)
+    scale_and_zeros = torch.stack((scales.t(), zeros.t()), dim=-1).to(dtype).contiguous()  # [G, N, 2]
+    if kind == "cpu":
+        codes = unpack_int4(packed).to(torch.int32)  # [N, K]
+        weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    else:
+        tiles = next(t for t in _CUDA_INNER_K_TILES if K % (16 * t) == 0)
+        weight = torch.ops.aten._convert_weight_to_int4pack(packed.contiguous(), tiles)
+    return weight, scale_and_zeros
+
+
+def int4_kernel_mm(kind: str, x2: torch.Tensor, weight: torch.Tensor, group_size: int,
+                   scale_and_zeros: torch.Tensor) -> torch.Tensor:
+    """``x2 [M, K] @ W.T`` with the packed kernel of ``kind`` -> [M, N] in ``scale_and_zeros.dtype``."""
+    x2 = x2.to(scale_and_zeros.dtype).contiguous()
+    if kind == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight, group_size, scale_and_zeros)
+    return torch.ops.aten._weight_int4pack_mm(x2, weight, group_size, scale_and_zeros)
+
+
+def unpack_int4_from_kernel(kind: str, weight: torch.Tensor, group_size: int, out_features: int,
+                            in_features: int) -> torch.Tensor:
+    """Recover the stored uint8 [N, K/2] codes from a kernel layout, exactly.
+
+    The kernel is run on identity rows with scale 1 and zero 8, so it returns the codes themselves (small
+    integers, exact in any float dtype); done in blocks of 1024 input columns.
+    """
+    dtype = torch.bfloat16 if kind == "cuda" else torch.float32
+    G = in_features // group_size
+    fake = torch.empty(G, out_features, 2, dtype=dtype, device=weight.device)  # [G, N, 2]
+    fake[..., 0] = 1.0
+    fake[..., 1] = 8.0
+    codes = torch.empty(out_features, in_features, dtype=torch.uint8, device=weight.device)  # [N, K]
+    for k0 in range(0, in_features, 1024):
+        k1 = min(in_features, k0 + 1024)
+        eye = torch.zeros(k1 - k0, in_features, dtype=dtype, device=weight.device)  # [k, K]
+        eye[:, k0:k1] = torch.eye(k1 - k0, dtype=dtype, device=weight.device)
+        block = int4_kernel_mm(kind, eye, weight, group_size, fake)  # [k, N] = codes of columns k0:k1
+        codes[:, k0:k1] = block.t().round().to(torch.uint8)
+    return pack_int4(codes)

@@ -1,0 +1,12 @@
+"""An OpenAI-compatible HTTP server with continuous batching (``baichuan serve``).
+
+* :mod:`.engine`: :class:`Engine`, the scheduler thread (slots over a per-row KV cache, chunked prefill,
+  per-request sampling, abort, KV budget);
+* :mod:`.protocol`: request / response models and OpenAI-shaped errors;
+* :mod:`.api`: :func:`create_app`, the FastAPI application, and :func:`serve` (uvicorn);
+* :mod:`.metrics`: Prometheus text metrics.
+"""
+
+from .engine import Engine, EngineError, EngineStoppedError, Event, QueueFullError
+
+__all__ = ["Engine", "EngineError", "EngineStoppedError", "Event", "QueueFullError"]

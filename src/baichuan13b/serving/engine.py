@@ -1,0 +1,508 @@
+"""The serving engine: continuous batching over a per-row KV cache, run by one scheduler thread.
+
+Each request (a *sequence*) owns one row ("slot") of a :class:`~baichuan13b.cache.KVCache` made with
+``per_row=True``. The occupied slots are always ``0 .. n-1``: when a sequence leaves, the last one moves into its
+slot (its keys and values are copied), so a decode step runs on the view ``cache.rows(0, n)`` and never spends
+work on free rows. One scheduler iteration:
+
+1. drop aborted sequences (client gone) and free their slots;
+2. admit waiting requests into free slots (first come, first served);
+3. prefill: up to ``prefill_chunk`` prompt tokens in total, one sequence at a time through its one-row view
+   (``cache.row(slot)``), so a long prompt is spread over several iterations and never stalls the others; a
+   sequence whose prompt is complete samples its first token;
+4. decode: one batched forward ``[n, 1]`` over the occupied slots, every row at its own position. Rows still
+   in prefill take part with a placeholder token whose cache slot is given back (their next chunk overwrites it);
+5. sample each decoding row with its own settings, detokenise, check eos / stop strings / length, and report.
+
+Sampling reuses the pure functions of :mod:`baichuan13b.generation`: rows with the same settings go through
+``process_logits`` together (every operation there is row-wise), and each sampling row draws from its own
+``torch.Generator`` (seeded by the request), so a request's tokens never depend on its batch neighbours. The text
+of each sequence comes from :class:`~baichuan13b.generation.TextStream`, as in ``stream_text``/``model.chat``.
+Greedy output therefore equals ``model.chat`` with the same settings, up to floating-point differences between
+batch shapes (matrix products of different sizes may round differently, which can flip an exact near-tie).
+
+The KV memory is reserved up front, one full-context row per slot: ``max_batch`` rows, fewer when
+``kv_cache_bytes`` does not hold that many. A request is admitted only when a row is free, so admitted work never
+runs out of cache; others wait in a bounded queue (``max_queue``, then :class:`QueueFullError`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from ..generation import GenerationConfig, TextStream, process_logits, select_next
+from ..generation.sampling import seen_tokens
+from ..model import ContextLengthError
+from .metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from ..model import BaichuanForCausalLM
+
+logger = logging.getLogger("baichuan13b.serving")
+
+
+class EngineError(RuntimeError):
+    """Base of the errors :meth:`Engine.submit` raises when it cannot take a request."""
+
+
+class QueueFullError(EngineError):
+    """Every slot is busy and the waiting queue is full: try again later."""
+
+
+class EngineStoppedError(EngineError):
+    """The engine is draining or stopped and takes no new requests."""
+
+
+@dataclass
+class Event:
+    """What the engine reports about a request, in order: pieces of text, then one final event.
+
+    The final event has ``finish_reason`` (``"stop"``: eos or a stop string; ``"length"``: ``max_new_tokens``
+    reached) or ``error`` (the request failed; no more events follow). Token counts are running totals.
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+
+@dataclass(eq=False)
+class _Sequence:
+    id: str
+    order: int
+    prompt: list[int]
+    config: GenerationConfig
+    max_new: int
+    sink: Callable[[Event], None]
+    text: TextStream
+    sampling_key: tuple
+    generator: torch.Generator | None
+    seen: torch.Tensor | None  # [1, vocab] bool, only with a repetition penalty
+    submitted: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None
+    first_token_at: float | None = None
+    slot: int = -1
+    prefilled: int = 0
+    last_token: int | None = None  # fed to the next decode step; None while the prompt is being prefilled
+    generated: int = 0
+    aborted: bool = False
+    done: bool = False
+
+
+class Engine:
+    """Continuous-batching generation for one model; thread-safe ``submit`` / ``abort``.
+
+    Args:
+        model: the loaded model (its forward is the only compute path).
+        tokenizer: its tokenizer (detokenisation and stop strings).
+        max_batch: sequences decoded together at most (slots of the KV cache).
+        max_queue: requests waiting for a slot at most; beyond that ``submit`` raises :class:`QueueFullError`.
+        max_seq_len: positions per slot (prompt + new tokens); default and maximum: the model's context.
+        prefill_chunk: prompt tokens prefilled per scheduler iteration (the chunk size of chunked prefill).
+        kv_cache_bytes: memory for the KV cache; the slot count is lowered to what fits (error if not one).
+        generation_config: default settings (default: ``model.generation_config``, else from config.json).
+        metrics: where to record counters and latencies (a new :class:`ServerMetrics` by default).
+    """
+
+    def __init__(self, model: "BaichuanForCausalLM", tokenizer: Any, *, max_batch: int = 16, max_queue: int = 256,
+                 max_seq_len: int | None = None, prefill_chunk: int = 512, kv_cache_bytes: int | None = None,
+                 generation_config: GenerationConfig | None = None, metrics: ServerMetrics | None = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.generation_config = (generation_config or model.generation_config
+                                  or GenerationConfig.from_model_config(model.config))
+        context = model.config.max_position
+        if max_seq_len is not None:
+            if max_seq_len < 2:
+                raise ValueError(f"max_seq_len must be >= 2, got {max_seq_len}")
+            if max_seq_len > context and not model.config.allow_length_extrapolation:
+                raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {context} tokens")
+            context = max_seq_len
+        self.context_length = context
+        cfg = model.config
+        dtype_bytes = torch.empty((), dtype=model.dtype).element_size()
+        self.slot_bytes = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * context * dtype_bytes
+        slots = max_batch
+        if kv_cache_bytes is not None:
+            slots = min(max_batch, int(kv_cache_bytes) // self.slot_bytes)
+            if slots < 1:
+                raise ValueError(
+                    f"a KV cache of {kv_cache_bytes / 2**30:.2f} GiB holds no sequence of {context} positions "
+                    f"({self.slot_bytes / 2**30:.2f} GiB each); give more memory or a smaller max_seq_len")
+        self.max_batch = slots
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.cache = model.new_cache(slots, context, per_row=True)
+        self.device = model.device
+        self.logits_device = model.lm_head.weight.device
+        self.vocab_size = cfg.vocab_size
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.add_gauge("baichuan_queue_depth", "Requests waiting for a batch slot", lambda: len(self._waiting))
+        self.metrics.add_gauge("baichuan_running_sequences", "Sequences holding a batch slot",
+                               lambda: len(self._running))
+        self.metrics.add_gauge("baichuan_batch_size", "Sequences in the last decode step", lambda: self.last_batch)
+        self.metrics.add_gauge("baichuan_kv_cache_slots", "Slots of the KV cache (max batch)", lambda: self.max_batch)
+        self.metrics.add_gauge("baichuan_kv_cache_usage_ratio", "Fraction of the KV cache slots in use",
+                               lambda: len(self._running) / self.max_batch)
+        self.last_batch = 0
+        self._lock = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []  # _running[i].slot == i
+        self._by_id: dict[str, _Sequence] = {}
+        self._order = itertools.count()
+        self._accepting = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Engine":
+        """Start the scheduler thread (idempotent)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="baichuan-engine", daemon=True)
+                self._thread.start()
+        return self
+
+    def drain(self) -> None:
+        """Take no new requests; those in flight run to completion."""
+        with self._lock:
+            self._accepting = False
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the scheduler; requests still in flight end with an :class:`EngineStoppedError` event."""
+        with self._lock:
+            self._accepting = False
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def idle(self) -> bool:
+        """True when nothing is waiting or running."""
+        with self._lock:
+            return not self._waiting and not self._running
+
+    def stats(self) -> dict[str, int]:
+        """Requests waiting and running, slots, requests tracked, and cache rows holding keys (``filled_rows``)."""
+        with self._lock:
+            return {"waiting": len(self._waiting), "running": len(self._running), "slots": self.max_batch,
+                    "tracked": len(self._by_id), "filled_rows": int((self.cache.row_lengths > 0).sum())}
+
+    # ------------------------------------------------------------------ requests
+    def new_token_budget(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
+        """New tokens a request may generate: ``max_new_tokens`` (an error if it does not fit in the context), or
+        by default the configured ``max_new_tokens`` capped by the room left in the context."""
+        ctx = self.context_length
+        if prompt_tokens >= ctx:
+            raise ContextLengthError(
+                f"this model's maximum context length is {ctx} tokens, but the prompt has {prompt_tokens} tokens: "
+                f"no room is left to generate; shorten the prompt")
+        if max_new_tokens is None:
+            return min(int(self.generation_config.max_new_tokens), ctx - prompt_tokens)
+        if prompt_tokens + max_new_tokens > ctx:
+            raise ContextLengthError(
+                f"this model's maximum context length is {ctx} tokens, but {prompt_tokens} prompt tokens + "
+                f"max_tokens {max_new_tokens} = {prompt_tokens + max_new_tokens}; lower max_tokens or shorten "
+                f"the prompt")
+        return max_new_tokens
+
+    def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
+               max_new_tokens: int | None = None, request_id: str | None = None) -> str:
+        """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
+
+        Args:
+            prompt_ids: prompt token ids (e.g. from :func:`baichuan13b.chat.build_chat_input`).
+            sink: receives the events; it must return quickly (hand the event to another thread or loop).
+            config: sampling, eos and stop strings (default: the engine's ``generation_config``);
+                ``config.max_new_tokens`` is not used, see ``max_new_tokens``.
+            max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`).
+
+        Returns the request id (for :meth:`abort`). Raises ``ValueError`` for a bad prompt,
+        :class:`~baichuan13b.model.ContextLengthError` when it does not fit, :class:`QueueFullError`,
+        :class:`EngineStoppedError`.
+        """
+        cfg = config or self.generation_config
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty: generation needs at least one token")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
+        max_new = self.new_token_budget(len(prompt), max_new_tokens)
+        generator = None
+        if not cfg.greedy:
+            generator = torch.Generator(device=self.logits_device)
+            if cfg.seed is not None:
+                generator.manual_seed(cfg.seed)
+            else:
+                generator.seed()
+        seen = None
+        if cfg.repetition_penalty != 1.0:
+            ids = torch.tensor([prompt], dtype=torch.long, device=self.logits_device)
+            seen = seen_tokens(ids, None, self.vocab_size)  # [1, vocab]
+        seq = _Sequence(
+            id=request_id or uuid.uuid4().hex, order=next(self._order), prompt=prompt, config=cfg, max_new=max_new,
+            sink=sink, text=TextStream(self.tokenizer, cfg.eos_token_ids, cfg.stop_strings),
+            sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
+            generator=generator, seen=seen)
+        with self._lock:
+            if not self._accepting:
+                raise EngineStoppedError("the server is shutting down and takes no new requests")
+            if seq.id in self._by_id:
+                raise ValueError(f"request id {seq.id!r} is already in use")
+            free = self.max_batch - len(self._running)
+            if len(self._waiting) >= self.max_queue + max(0, free):
+                raise QueueFullError(f"all {self.max_batch} batch slots are busy and {len(self._waiting)} "
+                                     f"requests are waiting; retry later")
+            if max_new == 0:  # nothing to generate (configured max_new_tokens of 0)
+                self._emit(seq, Event(finish_reason="length", prompt_tokens=len(prompt)))
+                return seq.id
+            self._waiting.append(seq)
+            self._by_id[seq.id] = seq
+            self._lock.notify_all()
+        return seq.id
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request (e.g. its client disconnected); its slot is freed at the start of the next iteration.
+        Returns False when it is unknown or already finished. No event is sent for an aborted request."""
+        with self._lock:
+            seq = self._by_id.get(request_id)
+            if seq is None:
+                return False
+            seq.aborted = True
+            if seq.slot < 0:  # still waiting: forget it now
+                self._waiting.remove(seq)
+                del self._by_id[seq.id]
+                self.metrics.finished.inc(1, "abort")
+            self._lock.notify_all()
+            return True
+
+    def stream(self, prompt_ids: list[int], config: GenerationConfig | None = None,
+               max_new_tokens: int | None = None) -> Iterator[Event]:
+        """Submit and iterate over the events from the calling thread; closing the iterator aborts the request.
+        A failed request raises its error."""
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        request_id = self.submit(prompt_ids, events.put, config, max_new_tokens)
+        try:
+            while True:
+                event = events.get()
+                if event.error is not None:
+                    raise event.error
+                yield event
+                if event.final:
+                    return
+        finally:
+            self.abort(request_id)
+
+    # ------------------------------------------------------------------ scheduler
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._waiting and not self._running and not self._stopping:
+                        self._lock.wait()
+                    if self._stopping:
+                        self._fail_all(EngineStoppedError("the server stopped before this request finished"))
+                        return
+                start = time.perf_counter()
+                try:
+                    self._step()
+                except Exception as e:  # a bug or a device error: fail what is in flight, keep serving
+                    logger.exception("engine step failed; failing the %d running request(s)", len(self._running))
+                    with self._lock:
+                        for seq in list(self._running):
+                            self._finish(seq, error=e)
+                self.metrics.step_seconds.observe(time.perf_counter() - start)
+
+    def _step(self) -> None:
+        with self._lock:
+            for seq in [s for s in self._running if s.aborted]:
+                self.metrics.finished.inc(1, "abort")
+                self._release(seq)
+            now = time.perf_counter()
+            while self._waiting and len(self._running) < self.max_batch:
+                seq = self._waiting.popleft()
+                seq.slot = len(self._running)
+                seq.admitted = now
+                self._running.append(seq)
+                self.metrics.queue_seconds.observe(now - seq.submitted)
+            running = list(self._running)
+        self._prefill([s for s in running if s.last_token is None])
+        self._decode()
+
+    def _prefill(self, pending: list[_Sequence]) -> None:
+        budget = self.prefill_chunk
+        ready: list[tuple[_Sequence, torch.Tensor]] = []
+        for seq in sorted(pending, key=lambda s: s.order):
+            if budget <= 0:
+                break
+            n = min(budget, len(seq.prompt) - seq.prefilled)
+            chunk = torch.tensor([seq.prompt[seq.prefilled: seq.prefilled + n]], dtype=torch.long, device=self.device)
+            try:
+                logits = self.model(chunk, cache=self.cache.row(seq.slot), logits_to_keep=1).logits[:, -1]  # [1, V]
+            except Exception as e:
+                logger.exception("prefill failed for request %s", seq.id)
+                with self._lock:
+                    self._finish(seq, error=e)
+                continue
+            seq.prefilled += n
+            budget -= n
+            self.metrics.prompt_tokens.inc(n)
+            if seq.prefilled == len(seq.prompt):
+                ready.append((seq, logits))
+        if ready:
+            seqs = [s for s, _ in ready]
+            self._accept_tokens(seqs, self._sample(seqs, torch.cat([lg for _, lg in ready])))
+
+    def _decode(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        decoding = [s for s in running if s.last_token is not None and not s.done]
+        if not decoding:
+            return
+        n = len(running)
+        tokens = [s.last_token if s.last_token is not None else 0 for s in running]
+        placeholders = [s.slot for s in running if s.last_token is None]
+        view = self.cache.rows(0, n)
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # [n, 1]
+        logits = self.model(input_ids, cache=view, logits_to_keep=1).logits[:, -1]  # [n, V]
+        if placeholders:  # rows still in prefill: give back the slot the placeholder used
+            view.row_lengths[torch.tensor(placeholders, device=view.row_lengths.device)] -= 1
+        self.last_batch = len(decoding)
+        self.metrics.batch_size.observe(len(decoding))
+        if len(decoding) < n:  # keep the rows of decoding sequences (slot order, like ``decoding``)
+            logits = logits.index_select(0, torch.tensor([s.slot for s in decoding], device=logits.device))
+        self._accept_tokens(decoding, self._sample(decoding, logits))
+
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
+        """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings."""
+        groups: dict[tuple, list[int]] = {}
+        for i, seq in enumerate(seqs):
+            groups.setdefault(seq.sampling_key, []).append(i)
+        picked: list[tuple[list[int], torch.Tensor]] = []
+        for idx, members in groups.items():
+            cfg = seqs[members[0]].config
+            rows = logits if len(members) == len(seqs) else logits[members]  # [g, V]
+            seen = torch.cat([seqs[i].seen for i in members]) if cfg.repetition_penalty != 1.0 else None  # [g, V]
+            processed = process_logits(rows, seen, cfg)
+            if cfg.greedy:
+                tokens = select_next(processed, cfg)  # [g]
+            else:  # one draw per row from the request's own generator
+                tokens = torch.cat([select_next(processed[j: j + 1], cfg, seqs[i].generator)
+                                    for j, i in enumerate(members)])
+            picked.append((members, tokens))
+        out = [0] * len(seqs)
+        values = torch.cat([t for _, t in picked]).tolist()  # one device sync for the whole batch
+        for i, v in zip((i for members, _ in picked for i in members), values):
+            out[i] = v
+        return out
+
+    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int]) -> None:
+        now = time.perf_counter()
+        finished: list[tuple[_Sequence, str, str]] = []
+        accepted = 0
+        for seq, token in zip(seqs, tokens):
+            if seq.aborted or seq.done:
+                continue
+            accepted += 1
+            seq.generated += 1
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+                self.metrics.ttft_seconds.observe(now - seq.submitted)
+            if seq.seen is not None:
+                seq.seen[0, token] = True
+            text = seq.text.put(token)
+            reason = None
+            if seq.text.finished:
+                reason = "stop"
+            elif seq.generated >= seq.max_new:
+                text += seq.text.close()
+                reason = "length"
+            else:
+                seq.last_token = token
+            if reason is None:
+                self._emit(seq, Event(text=text, prompt_tokens=len(seq.prompt), completion_tokens=seq.generated))
+            else:
+                seq.done = True
+                finished.append((seq, reason, text))
+        self.metrics.generation_tokens.inc(accepted)
+        if finished:
+            with self._lock:
+                for seq, reason, text in finished:
+                    self._finish(seq, reason=reason, text=text)
+
+    # ------------------------------------------------------------------ bookkeeping (callers hold the lock)
+    def _emit(self, seq: _Sequence, event: Event) -> None:
+        try:
+            seq.sink(event)
+        except Exception:  # the consumer is gone (e.g. its event loop closed): stop generating for it
+            logger.exception("could not deliver an event of request %s; aborting it", seq.id)
+            seq.aborted = True
+
+    def _finish(self, seq: _Sequence, reason: str | None = None, text: str = "",
+                error: BaseException | None = None) -> None:
+        seq.done = True
+        now = time.perf_counter()
+        if error is None:
+            self.metrics.finished.inc(1, reason)
+            self.metrics.e2e_seconds.observe(now - seq.submitted)
+            if seq.generated > 1 and seq.first_token_at is not None:
+                self.metrics.tpot_seconds.observe((now - seq.first_token_at) / (seq.generated - 1))
+        else:
+            self.metrics.finished.inc(1, "error")
+        if not seq.aborted:
+            self._emit(seq, Event(text=text, finish_reason=reason, error=error, prompt_tokens=len(seq.prompt),
+                                  completion_tokens=seq.generated))
+        if seq.slot >= 0:
+            self._release(seq)
+        else:
+            self._by_id.pop(seq.id, None)
+
+    def _release(self, seq: _Sequence) -> None:
+        """Free ``seq``'s slot; the last occupied slot moves into it so that slots 0..n-1 stay occupied."""
+        i, last = seq.slot, len(self._running) - 1
+        lengths = self.cache.row_lengths
+        if i != last:
+            mover = self._running[last]
+            n = int(lengths[last])
+            for k, v in zip(self.cache.k, self.cache.v):  # each [slots, heads, max_len, head_dim]
+                k[i, :, :n] = k[last, :, :n]
+                v[i, :, :n] = v[last, :, :n]
+            lengths[i] = n
+            self._running[i] = mover
+            mover.slot = i
+        lengths[last] = 0
+        self._running.pop()
+        seq.slot = -1
+        self._by_id.pop(seq.id, None)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for seq in list(self._running) + list(self._waiting):
+            self._finish(seq, error=error)
+        self._waiting.clear()

@@ -1,0 +1,49 @@
+"""The speed benchmark's arithmetic and plumbing (figures themselves are printed, never asserted)."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from baichuan13b.bench.speed import copy_bandwidth, measure, random_model, weight_bytes_per_token
+from baichuan13b.config import ModelConfig
+
+
+def tiny():
+    return ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=8, max_position=128)
+
+
+def test_weight_bytes_exclude_the_embedding_table():
+    cfg = tiny()
+    model = random_model(cfg, torch.bfloat16, "cpu")
+    assert model.dtype == torch.bfloat16
+    expected = (cfg.num_parameters() - cfg.vocab_size * cfg.hidden_size) * 2
+    assert weight_bytes_per_token(model) == expected
+
+
+def test_measure_reports_consistent_figures():
+    model = random_model(tiny(), torch.float32, "cpu")
+    r = measure(model, name="tiny", batch=2, prompt_len=5, gen_len=6, bandwidth_gbs=10.0)
+    assert r.tokens_per_s > 0 and r.aggregate_tokens_per_s == 2 * r.tokens_per_s
+    assert abs(r.ms_per_token - 1e3 / r.tokens_per_s) < 1e-6
+    assert abs(r.roofline_tokens_per_s - 10.0e9 / r.weight_bytes_per_token) < 1e-6
+    assert abs(r.percent_of_roofline - 100 * r.tokens_per_s / r.roofline_tokens_per_s) < 1e-6
+    assert r.peak_memory_bytes > 0 and r.time_to_first_token_s > 0
+    assert copy_bandwidth(torch.device("cpu"), nbytes=1 << 20, repeats=2) > 0
+
+
+def test_bench_cli_with_a_config_file(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny().to_dict()))
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", str(cfg), "--gen-len",
+                        "4", "--prompt-len", "3", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "% of roofline" in r.stdout
+    data = json.loads(out.read_text())
+    assert data[0]["gen_len"] == 4 and data[0]["tokens_per_s"] > 0
+    bad = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "neither a preset" in bad.stderr

@@ -1,0 +1,280 @@
+"""Weight-only int8 / int4 quantization on tiny random checkpoints with real-model in-feature multiples of 128."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from checkpoints import tiny_config, write_checkpoint
+
+from baichuan13b import BaichuanForCausalLM, BaichuanTokenizer, ModelConfig
+from baichuan13b.checkpoint import CheckpointError
+from baichuan13b.cli import main
+from baichuan13b.quantization import (
+    QuantizationConfig,
+    QuantizationError,
+    WeightOnlyInt4Linear,
+    WeightOnlyInt8Linear,
+    dequantize_int4,
+    dequantize_int8,
+    estimate_memory,
+    quantize_int4,
+    quantize_int8,
+    weight_bytes_by_dtype,
+)
+from baichuan13b.quantization import functional as QF
+
+
+def cfg(**kw):
+    """A tiny ALiBi config with the real models' initializer_range (0.02; tiny_config's 0.1 makes random models
+    far more sensitive to weight noise than trained ones)."""
+    base = dict(hidden=256, heads=4, intermediate=384, vocab=128, layers=2, max_position=64, torch_dtype="float32")
+    base.update(kw)
+    return dataclasses.replace(tiny_config(**base), initializer_range=0.02)
+
+
+def cosine(a, b):
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+@pytest.fixture(scope="module")
+def float_dir(tmp_path_factory):
+    config = cfg()
+    model = BaichuanForCausalLM.from_config(config, seed=0)
+    return write_checkpoint(tmp_path_factory.mktemp("float"), model, config, "safetensors-sharded")
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def reference(float_dir, ids):
+    model = BaichuanForCausalLM.from_pretrained(float_dir, progress=False)
+    return model(ids).logits
+
+
+# ----------------------------------------------------------------------------------------------- maths
+def test_int8_roundtrip_is_within_half_a_step():
+    w = torch.randn(48, 256) * 0.05
+    q, s = quantize_int8(w, torch.float32)
+    assert q.dtype == torch.int8 and s.shape == (48,)
+    err = (dequantize_int8(q, s, torch.float32) - w).abs()
+    assert (err <= s[:, None] / 2 + 1e-7).all()
+
+
+def test_int4_roundtrip_pack_and_edge_cases():
+    codes = torch.randint(0, 16, (4, 64), dtype=torch.uint8)
+    assert torch.equal(QF.unpack_int4(QF.pack_int4(codes)), codes)
+    w = torch.randn(32, 256) * 0.05
+    w[0] = 0.3  # a constant row (zero range in every group)
+    w[1, :128] = 0.0
+    p, s, z = quantize_int4(w, 128, torch.float32)
+    assert p.dtype == torch.uint8 and p.shape == (32, 128) and s.shape == z.shape == (32, 2)
+    deq = dequantize_int4(p, s, z, torch.float32)
+    assert torch.isfinite(deq).all()
+    assert torch.allclose(deq[0], w[0]) and torch.allclose(deq[1, :128], w[1, :128])
+    step = s.repeat_interleave(128, dim=1)
+    assert ((deq - w).abs() <= step / 2 + 1e-6).all()
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(QuantizationError, match="group size"):
+        quantize_int4(torch.randn(8, 96), 64, torch.float32)
+    with pytest.raises(QuantizationError, match="8 or 4"):
+        QuantizationConfig(bits=3)
+    with pytest.raises(QuantizationError, match="int8"):
+        QuantizationConfig.from_option("int2")
+    with pytest.raises(QuantizationError, match="quant_method"):
+        QuantizationConfig.from_dict({"quant_method": "gptq", "bits": 4})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernels_match_dequantize_fallback(dtype):
+    torch.manual_seed(0)
+    w = torch.randn(96, 256) * 0.05
+    x = torch.randn(3, 5, 256).to(dtype)
+    for cls, args in ((WeightOnlyInt8Linear, ()), (WeightOnlyInt4Linear, (128,))):
+        module = cls.from_float(w, dtype, *args)
+        fallback = F.linear(x, module.dequantize(dtype))  # plain dequantize-matmul
+        module.use_kernel = False
+        reference_path = module(x)
+        module.use_kernel = True
+        kernel = module(x)
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        assert torch.allclose(reference_path, fallback, atol=tol, rtol=tol)
+        assert torch.allclose(kernel.float(), fallback.float(), atol=tol, rtol=tol), cls.__name__
+        if cls is WeightOnlyInt4Linear and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            assert module.kernel == "cpu"
+
+
+def test_int4_kernel_layout_converts_back_exactly():
+    w = torch.randn(64, 256)
+    module = WeightOnlyInt4Linear.from_float(w, torch.float32, 64)
+    stored = {k: v.clone() for k, v in module.state_dict().items()}
+    y = module(torch.randn(2, 256))  # packs for the CPU kernel, drops the stored form
+    assert module.kernel == "cpu" and module.scales is None  # scales and zeros live in the kernel's table
+    state = module.state_dict()
+    assert set(state) == {"weight", "scales", "zeros"}
+    assert all(torch.equal(state[k], stored[k]) for k in stored)
+    module.to(torch.float32)  # a move converts back to the stored form
+    assert module.kernel is None and torch.equal(module.weight, stored["weight"])
+    assert torch.allclose(module(torch.ones(1, 256)), F.linear(torch.ones(1, 256), module.dequantize()), atol=1e-4)
+    assert y.shape == (2, 64)
+
+
+# ----------------------------------------------------------------------------------------------- model level
+def test_logits_quality_and_official_names(float_dir, reference, ids):
+    int8 = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int8", progress=False)
+    int4 = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int4", progress=False)
+    assert cosine(int8(ids).logits, reference) >= 0.999
+    assert cosine(int4(ids).logits, reference) >= 0.93
+    names = set(int4.state_dict())
+    assert {"model.layers.0.self_attn.W_pack.weight", "model.layers.0.self_attn.W_pack.scales",
+            "model.layers.0.self_attn.W_pack.zeros", "lm_head.weight", "model.embed_tokens.weight"} <= names
+    assert int4.state_dict()["lm_head.weight"].dtype == torch.float32  # head and embeddings stay float
+    assert int8.model.layers[1].mlp.down_proj.weight.dtype == torch.int8
+
+
+def test_loading_quantizes_like_model_quantize(float_dir, ids):
+    loaded = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int4", group_size=64, progress=False)
+    later = BaichuanForCausalLM.from_pretrained(float_dir, progress=False).quantize(4, group_size=64)
+    a, b = loaded.state_dict(), later.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(loaded(ids).logits, later(ids).logits)
+    with pytest.raises(QuantizationError, match="already quantized"):
+        later.quantize(8)
+
+
+@pytest.mark.parametrize("bits,ratio", [(8, 0.27), (4, 0.16)])
+def test_weight_bytes_against_float32(float_dir, bits, ratio):
+    float_model = BaichuanForCausalLM.from_pretrained(float_dir, progress=False)
+    q = BaichuanForCausalLM.from_pretrained(float_dir, quantize=f"int{bits}", progress=False)
+
+    def layer_bytes(m):  # the quantized part: decoder layers, scales and zeros included
+        return sum(sum(weight_bytes_by_dtype(layer).values()) for layer in m.model.layers)
+
+    assert layer_bytes(q) <= ratio * layer_bytes(float_model)
+    everything = BaichuanForCausalLM.from_pretrained(float_dir, progress=False).quantize(
+        bits, quantize_lm_head=True, quantize_embeddings=True)
+    total_q = sum(weight_bytes_by_dtype(everything).values())
+    assert total_q <= ratio * sum(weight_bytes_by_dtype(float_model).values()) + 4 * 256 * 4  # + float norms
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_saved_folder_reloads_to_identical_logits(float_dir, tmp_path, ids, bits):
+    model = BaichuanForCausalLM.from_pretrained(float_dir, torch_dtype="bfloat16", quantize=f"int{bits}",
+                                                progress=False)
+    before = model(ids).logits  # int4: now in the CPU kernel layout; saving converts back
+    model.save_pretrained(tmp_path, max_shard_size="100KB", progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved["bits"] == bits and saved["quant_method"] == "baichuan13b-weight-only"
+    reloaded = BaichuanForCausalLM.from_pretrained(tmp_path, torch_dtype="bfloat16", progress=False)
+    assert isinstance(reloaded.model.layers[0].mlp.up_proj, WeightOnlyInt8Linear if bits == 8 else WeightOnlyInt4Linear)
+    assert torch.equal(reloaded(ids).logits, before)
+    again = BaichuanForCausalLM.from_pretrained(tmp_path, torch_dtype="bfloat16", quantize=f"int{bits}",
+                                                progress=False)  # same quantization asked: loaded as saved
+    assert torch.equal(again(ids).logits, before)
+    other = "int4" if bits == 8 else "int8"
+    with pytest.raises(CheckpointError, match="already quantized"):
+        BaichuanForCausalLM.from_pretrained(tmp_path, quantize=other, progress=False)
+
+
+def test_prequantized_folder_errors_name_the_tensor(float_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int8", progress=False)
+    model.save_pretrained(tmp_path, progress=False)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.layers.1.mlp.gate_proj.weight"] = tensors["model.layers.1.mlp.gate_proj.weight"].float()
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="model.layers.1.mlp.gate_proj.weight.*int8"):
+        BaichuanForCausalLM.from_pretrained(tmp_path, progress=False)
+    del tensors["model.layers.1.mlp.gate_proj.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="missing 1 tensor.*gate_proj.weight"):
+        BaichuanForCausalLM.from_pretrained(tmp_path, progress=False)
+
+
+def test_group_size_must_divide_in_features(tmp_path):
+    config = cfg(hidden=192, intermediate=384)
+    folder = write_checkpoint(tmp_path, BaichuanForCausalLM.from_config(config, seed=0), config, "bin")
+    with pytest.raises(CheckpointError, match="in_features 192 is not divisible.*128"):
+        BaichuanForCausalLM.from_pretrained(folder, quantize="int4", progress=False)
+    model = BaichuanForCausalLM.from_pretrained(folder, quantize="int4", group_size=64, progress=False)  # .bin
+    assert model.model.layers[0].self_attn.o_proj.group_size == 64
+
+
+def test_device_map_auto_and_dict_on_cpu(float_dir, ids, reference):
+    auto = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int8", device_map="auto", progress=False)
+    plan = {"model": "cpu", "lm_head": "cpu"}
+    by_dict = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int8", device_map=plan, progress=False)
+    assert torch.equal(auto(ids).logits, by_dict(ids).logits)
+
+
+def test_generation_with_quantized_embeddings_and_head(float_dir, ids):
+    model = BaichuanForCausalLM.from_pretrained(float_dir, torch_dtype="bfloat16", progress=False)
+    model.quantize(4, group_size=32, quantize_lm_head=True, quantize_embeddings=True)
+    assert model.dtype == torch.bfloat16 and model.model.embed_tokens.weight.dtype == torch.uint8
+    out = model.generate(ids[:1, :5], max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert out.shape == (1, 9)
+
+
+def test_memory_estimate_is_exact_from_shapes():
+    config = ModelConfig.from_name("baichuan-13b")
+    h, i, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    linear = L * (4 * h * h + 3 * h * i)
+    rows = L * (3 * h + h + 2 * i + h)  # output channels of W_pack, o_proj, gate/up, down
+    float_rest = 2 * (2 * V * h + (2 * L + 1) * h)  # embeddings, head, norms in float16
+    int8 = estimate_memory(config, dtype=torch.float16, quantize="int8", context=2048, batch=2)
+    assert int8.weight_bytes == linear + 2 * rows + float_rest
+    int4 = estimate_memory(config, dtype=torch.float16, quantize="int4")
+    assert int4.weight_bytes == linear // 2 + 2 * 2 * linear // 128 + float_rest
+    assert int8.kv_cache == 2 * L * 2 * 2048 * h * 2
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def test_cli_quantize_then_generate_and_info(float_dir, tiny_tokenizer_dir, tmp_path, capsys):
+    tok = BaichuanTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = cfg(vocab=tok.vocab_size)
+    src = write_checkpoint(tmp_path / "src", BaichuanForCausalLM.from_config(config, seed=2), config, "safetensors")
+    for f in tiny_tokenizer_dir.iterdir():
+        shutil.copy(f, src / f.name)
+    out = tmp_path / "int4"
+    assert main(["quantize", "--model", str(src), "--bits", "4", "--group-size", "64", "--output", str(out),
+                 "--no-progress"]) == 0
+    assert (out / "tokenizer.model").is_file()
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["group_size"] == 64
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out), "--no-progress", "--prompt", "The quick", "--max-new-tokens",
+                 "5", "--greedy"]) == 0
+    from_saved = capsys.readouterr().out
+    assert main(["generate", "--model", str(src), "--quantize", "int4", "--group-size", "64", "--no-progress",
+                 "--prompt", "The quick", "--max-new-tokens", "5", "--greedy"]) == 0
+    assert capsys.readouterr().out == from_saved  # saved folder == quantize-while-loading
+    assert main(["info", "--model", str(out), "--context", "32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantization"] == "int4 (group 64)" and report["weights_by_dtype"]["uint8"] > 0
+    assert main(["info", "--model", str(out), "--quantize", "int8"]) == 2
+    assert "already quantized" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_kernels_match_fallback(dtype):
+    w = torch.randn(256, 512, device="cuda") * 0.05
+    x = torch.randn(3, 512, device="cuda", dtype=dtype)
+    for module in (WeightOnlyInt8Linear.from_float(w, dtype), WeightOnlyInt4Linear.from_float(w, dtype, 128)):
+        expected = F.linear(x.float(), module.dequantize(torch.float32))
+        got = module(x)
+        assert got.dtype == dtype
+        assert torch.allclose(got.float(), expected, atol=5e-2, rtol=5e-2)
+        state = module.state_dict()  # converts back from the tinygemm layout exactly
+        module.use_kernel = False
+        assert torch.allclose(module(x).float(), expected, atol=5e-2, rtol=5e-2)
+        assert all(torch.equal(state[k], v) for k, v in module.state_dict().items())

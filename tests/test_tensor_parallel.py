@@ -1,0 +1,107 @@
+"""Tensor parallelism on 2 gloo processes (CPU) gives the same logits and tokens as one process."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from baichuan13b.config import ALIBI_ARCHITECTURE, ROPE_ARCHITECTURE, ModelConfig
+from baichuan13b.generation import generate
+from baichuan13b.model import BaichuanForCausalLM
+from baichuan13b.tensor_parallel import apply_tensor_parallel
+
+
+def _config(arch):
+    return ModelConfig(architectures=[arch], vocab_size=97, hidden_size=80, intermediate_size=112,
+                       num_hidden_layers=2, num_attention_heads=10, max_position=64, initializer_range=0.2)
+
+
+def _worker(rank, world, port, arch, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = BaichuanForCausalLM.from_config(_config(arch), seed=0)
+        apply_tensor_parallel(model)
+        ids = torch.randint(3, 97, (2, 7), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones_like(ids)
+        mask[1, :3] = 0
+        with torch.inference_mode():
+            logits = model(ids, attention_mask=mask).logits
+        tokens = generate(model, ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None)
+        torch.save({"logits": logits, "tokens": tokens}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+    # Skip interpreter teardown, as the CLI does under torchrun: gloo sometimes aborts a finished rank there.
+    os._exit(0)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("arch", [ALIBI_ARCHITECTURE, ROPE_ARCHITECTURE])
+def test_two_gloo_ranks_equal_one_process(arch, tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), arch, str(tmp_path)), nprocs=2, join=True)
+    model = BaichuanForCausalLM.from_config(_config(arch), seed=0)
+    ids = torch.randint(3, 97, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.inference_mode():
+        ref = model(ids, attention_mask=mask).logits
+    ref_tokens = generate(model, ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["logits"], ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got["tokens"], ref_tokens)
+
+
+def test_indivisible_heads_is_a_clear_error():
+    model = BaichuanForCausalLM.from_config(_config(ALIBI_ARCHITECTURE), seed=0)
+    with pytest.raises(ValueError, match="divisible by 3"):
+        apply_tensor_parallel(model, rank=0, world=3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    import shutil
+
+    from checkpoints import write_checkpoint
+
+    from baichuan13b.tokenizer import BaichuanTokenizer
+
+    tok = BaichuanTokenizer.from_pretrained(tiny_tokenizer_dir)
+    cfg = ModelConfig(architectures=[ALIBI_ARCHITECTURE], vocab_size=tok.vocab_size, hidden_size=64,
+                      intermediate_size=128, num_hidden_layers=2, num_attention_heads=8, max_position=128,
+                      initializer_range=0.2, torch_dtype="float32")
+    model = BaichuanForCausalLM.from_config(cfg, seed=4)
+    folder = write_checkpoint(tmp_path_factory.mktemp("tp"), model, cfg, "safetensors",
+                              generation_config=dict(max_new_tokens=8, user_token_id=3, assistant_token_id=4))
+    for f in tiny_tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_generate_and_chat_under_torchrun(model_dir):
+    import subprocess
+    import sys
+
+    def run(*args, nproc=None, stdin=None):
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                     "--master_port", str(_free_port()), "-m", "baichuan13b"] if nproc
+                    else [sys.executable, "-m", "baichuan13b"])
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run(launcher + list(args) + ["--model", str(model_dir), "--no-progress"], input=stdin,
+                           capture_output=True, text=True, timeout=180, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    single = run("generate", "--prompt", "The quick brown", "--max-new-tokens", "6")
+    assert run("generate", "--prompt", "The quick brown", "--max-new-tokens", "6", nproc=2) == single
+    chat_single = run("chat", stdin="hello\nclear\n你好\n")
+    assert run("chat", nproc=2, stdin="hello\nclear\n你好\n") == chat_single

@@ -1,0 +1,404 @@
+"""The web chat page: its logic, the streamlit script (AppTest) and the real page in headless Chromium.
+
+The page shows messages with ``st.text`` when "Render answers as Markdown" is off: no Markdown or HTML
+interpretation, but streamlit dedents and strips the text. So the browser test compares the page's ``textContent``
+with greedy ``model.chat`` answers with whitespace normalised (:func:`same_text`); every other character must match.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from checkpoints import tiny_config, write_checkpoint
+
+from baichuan13b.cli import build_parser as build_cli_parser
+from baichuan13b.cli.web import streamlit_command
+from baichuan13b.generation import GenerationConfig
+from baichuan13b.model import BaichuanForCausalLM
+from baichuan13b.tokenizer import BaichuanTokenizer
+from baichuan13b.web.page import (
+    APP_PATH,
+    LABELS,
+    Conversation,
+    InputTooLongError,
+    Settings,
+    argv_from_namespace,
+    build_parser,
+    check_input_fits,
+    load_chat_model,
+    parse_args,
+    settings_to_overrides,
+)
+
+GEN = dict(max_new_tokens=12, user_token_id=5, assistant_token_id=6, do_sample=False)
+CHROMIUM = os.environ.get("BAICHUAN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def same_text(page_text: str, text: str) -> bool:
+    """Equal up to whitespace (runs of Python whitespace, as ``st.text``'s strip/dedent define it)."""
+    return page_text.split() == text.split()
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+@pytest.fixture(scope="module")
+def web_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random chat model with tokenizer; a context of 1024 leaves room for a long answer to stop."""
+    tok = BaichuanTokenizer.from_pretrained(tiny_tokenizer_dir)
+    cfg = tiny_config(vocab=tok.vocab_size, max_position=1024, torch_dtype="float32")
+    model = BaichuanForCausalLM.from_config(cfg, seed=1)
+    folder = write_checkpoint(tmp_path_factory.mktemp("webmodel"), model, cfg, "safetensors", generation_config=GEN)
+    for f in tiny_tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(web_dir):
+    model = BaichuanForCausalLM.from_pretrained(web_dir, progress=False)
+    return model, BaichuanTokenizer.from_pretrained(web_dir)
+
+
+@pytest.fixture(scope="module")
+def short_model(tiny_tokenizer_dir):
+    """A model with a 64-token context, for truncation."""
+    tok = BaichuanTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = BaichuanForCausalLM.from_config(tiny_config(vocab=tok.vocab_size, max_position=64), seed=2)
+    model.generation_config = GenerationConfig(**GEN)
+    return model, tok
+
+
+# ------------------------------------------------------------------------------------------------ page logic
+def test_flags_round_trip_through_the_streamlit_command_line():
+    argv = ["--model", "some/dir", "--dtype", "bf16", "--greedy", "--top-k", "0", "--stop", "a b", "--stop", "c",
+            "--system", "be brief", "--max-new-tokens", "7", "--no-progress"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    again = parser.parse_args(argv_from_namespace(parser, args))
+    assert vars(again) == vars(args)
+    assert argv_from_namespace(parser, parser.parse_args([])) == []
+    assert parser.parse_args(argv_from_namespace(parser, parser.parse_args(["--do-sample"]))).do_sample is True
+
+    cli_args = build_cli_parser().parse_args(["web", *argv, "--port", "9123"])
+    command = streamlit_command(cli_args)
+    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(APP_PATH)]
+    assert command[command.index("--server.port") + 1] == "9123"
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    page_argv = command[command.index("--") + 1:]
+    assert vars(parse_args(page_argv)) == vars(args)  # server flags are not passed to the page
+
+
+def test_bad_page_flags_are_a_value_error():
+    with pytest.raises(ValueError, match="bad page arguments"):
+        parse_args(["--temperature", "warm"])
+
+
+def test_settings_become_validated_overrides():
+    cfg = GenerationConfig(temperature=0.3, top_k=5, top_p=0.85, repetition_penalty=1.1, max_new_tokens=4096,
+                           do_sample=True)
+    settings = Settings.from_config(cfg, context=1024)
+    assert settings.max_new_tokens == 1024
+    assert settings_to_overrides(settings) == dict(do_sample=True, temperature=0.3, top_p=0.85, top_k=5,
+                                                   repetition_penalty=1.1, max_new_tokens=1024)
+    settings.top_p = 0.0
+    with pytest.raises(ValueError, match="top_p"):
+        settings_to_overrides(settings)
+
+
+def test_input_that_cannot_fit_is_an_error(loaded):
+    _, tok = loaded
+    assert check_input_fits(tok, "hello there", None, context=64, max_new_tokens=12) == len(tok.encode("hello there"))
+    with pytest.raises(InputTooLongError, match="your message is"):
+        check_input_fits(tok, "hello there " * 20, None, context=64, max_new_tokens=12)
+    with pytest.raises(InputTooLongError, match="system prompt is"):
+        check_input_fits(tok, "hi", "be brief " * 30, context=64, max_new_tokens=12)
+
+
+def test_conversation_streams_the_greedy_chat_answer_and_keeps_history(loaded):
+    model, tok = loaded
+    conv = Conversation()
+    steps = list(conv.reply(model, tok, "hello there"))
+    first = model.chat(tok, [user("hello there")])
+    assert steps[-1] == first and all(first.startswith(s) for s in steps)
+    second = "".join(list(conv.reply(model, tok, "你好", system="be brief"))[-1:])
+    assert second == model.chat(tok, [{"role": "system", "content": "be brief"}, user("hello there"),
+                                      assistant(first), user("你好")])
+    assert [(m.role, m.stopped) for m in conv.messages] == [("user", False), ("assistant", False)] * 2
+
+
+def test_stopped_answer_keeps_its_partial_text(loaded):
+    model, tok = loaded
+    conv = Conversation()
+    stream = conv.reply(model, tok, "hello there", max_new_tokens=12)
+    next(stream)
+    partial = next(stream)
+    stream.close()  # what streamlit's interruption does through contextlib.closing
+    full = model.chat(tok, [user("hello there")], max_new_tokens=12)
+    assert conv.messages[-1].content == partial and conv.messages[-1].stopped
+    assert full.startswith(partial) and len(partial) < len(full)
+    follow_up = list(conv.reply(model, tok, "again"))[-1]
+    assert follow_up == model.chat(tok, [user("hello there"), assistant(partial), user("again")])
+    conv.clear()
+    assert conv.messages == []
+
+
+def test_stop_reply_fixes_the_history_while_the_stream_is_still_open(loaded):
+    # Streamlit's next run calls stop_reply() while the interrupted run may still be computing a token.
+    model, tok = loaded
+    conv = Conversation()
+    stream = conv.reply(model, tok, "hello there", max_new_tokens=12)
+    next(stream)
+    partial = next(stream)
+    conv.stop_reply()
+    assert list(stream) == []  # the old run's loop ends without writing again
+    assert conv.messages[-1].content == partial and conv.messages[-1].stopped
+    assert model.chat(tok, [user("hello there")], max_new_tokens=12).startswith(partial)
+    stream = conv.reply(model, tok, "again")
+    next(stream)
+    conv.clear()
+    assert list(stream) == [] and conv.messages == []
+
+
+def test_long_history_is_truncated_the_official_way(short_model):
+    model, tok = short_model
+    conv = Conversation()
+    for i in range(8):  # far more than a 64-token context holds
+        list(conv.reply(model, tok, f"Hello world {i}, this is a test."))
+    history = conv.for_model()
+    assert len(model.build_chat_input(tok, history[:-1] + [user("last")])[0]) < 64
+    answer = list(conv.reply(model, tok, "last"))[-1]
+    assert answer == model.chat(tok, history + [user("last")])
+
+
+def test_generation_error_rolls_back_and_propagates(short_model):
+    model, tok = short_model
+    conv = Conversation()
+    with pytest.raises(ValueError, match="context"):  # a system prompt that fills the whole context
+        list(conv.reply(model, tok, "hi", system="The quick brown fox jumps over the lazy dog. " * 10))
+    assert conv.messages == []
+
+
+def test_model_facts(web_dir):
+    loaded = load_chat_model(["--model", str(web_dir), "--no-progress", "--temperature", "0.5"])
+    facts = loaded.facts
+    assert (facts.name, facts.dtype, facts.quantization, facts.device, facts.context, facts.position) == \
+        (web_dir.name, "float32", "none", "cpu", 1024, "ALiBi")
+    assert loaded.title == web_dir.name
+    assert loaded.defaults.temperature == 0.5 and loaded.defaults.max_new_tokens == 12  # flag over the file
+    assert facts.parameters == BaichuanForCausalLM.from_pretrained(web_dir, progress=False).num_parameters()
+    quantized = load_chat_model(["--model", str(web_dir), "--no-progress", "--quantize", "int8"]).facts
+    assert quantized.quantization == "int8 (per channel)" and quantized.parameters == facts.parameters
+
+
+# ------------------------------------------------------------------------------------------------ the script
+@pytest.fixture
+def app_test(monkeypatch):
+    testing = pytest.importorskip("streamlit.testing.v1")
+
+    def make(*argv):
+        monkeypatch.setattr(sys, "argv", [str(APP_PATH), *argv])
+        return testing.AppTest.from_file(str(APP_PATH), default_timeout=30)
+
+    return make
+
+
+def test_page_shows_a_load_error_as_a_message(app_test, tmp_path):
+    at = app_test("--model", str(tmp_path / "nope"), "--no-progress").run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert LABELS["load_error"] in at.error[0].value and "nope" in at.error[0].value
+
+
+def test_page_answers_and_refuses_too_long_input(app_test, web_dir, loaded):
+    model, tok = loaded
+    at = app_test("--model", str(web_dir), "--no-progress", "--max-new-tokens", "8").run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == web_dir.name
+    at.toggle(key="markdown").set_value(False).run()
+    at.chat_input[0].set_value("hello there").run()
+    assert same_text(at.text[-1].value, model.chat(tok, [user("hello there")], max_new_tokens=8))
+    at.chat_input[0].set_value("鑫龘" * 400).run()  # byte-fallback pieces: far more than 512 tokens
+    assert not at.exception
+    assert LABELS["too_long"] in at.error[0].value
+    assert len(at.chat_message) == 3  # greeting, question, answer: the refused message is not in the history
+
+
+# ------------------------------------------------------------------------------------------------ the browser
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, what: str, timeout: float = 30.0):
+    end = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def server(web_dir, tmp_path_factory):
+    """``baichuan web`` on a free loopback port; yields (url, path of its log)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("web") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "baichuan13b", "web", "--model", str(web_dir),
+                                 "--no-progress", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        def healthy():
+            if proc.poll() is not None:
+                raise AssertionError(f"baichuan web exited with {proc.returncode}: {log.read_text()}")
+            try:
+                return httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, "the streamlit server", timeout=60)
+        yield url, log
+    finally:
+        proc.terminate()  # `baichuan web` became the streamlit server: nothing may keep serving after this
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the streamlit server outlived `baichuan web`"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) is not installed")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set BAICHUAN_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class ChatPage:
+    """The page in one browser context (one streamlit session)."""
+
+    def __init__(self, browser, url):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.page.goto(url)
+        self.page.get_by_test_id("stChatInputTextArea").wait_for(timeout=60_000)
+
+    def bubbles(self):
+        return self.page.get_by_test_id("stChatMessage")
+
+    def texts(self):
+        """The exact text of each question and answer (plain-text rendering)."""
+        return [t.text_content() for t in self.page.get_by_test_id("stChatMessage").get_by_test_id("stText").all()]
+
+    def idle(self):
+        return self.page.get_by_test_id("stApp").get_attribute("data-test-script-state") != "running"
+
+    def plain_text(self):
+        self.page.get_by_text(LABELS["markdown"]).click()
+        wait_until(lambda: self.page.get_by_role("switch", name=LABELS["markdown"]).is_checked() is False
+                   and self.idle(), "markdown off")
+
+    def set_max_new_tokens(self, n):
+        box = self.page.get_by_label(LABELS["max_new_tokens"])
+        box.fill(str(n))
+        box.press("Enter")
+        wait_until(lambda: self.idle() and box.input_value() == str(n), "max new tokens")
+
+    def send(self, text, expected_bubbles):
+        box = self.page.get_by_test_id("stChatInputTextArea")
+        box.fill(text)
+        box.press("Enter")
+        stop = self.page.get_by_role("button", name=LABELS["stop"])
+        wait_until(lambda: self.bubbles().count() == expected_bubbles and stop.count() == 0 and self.idle(),
+                   f"{expected_bubbles} chat bubbles after {text!r}")
+        return self.texts()[-1]
+
+
+def test_chat_in_a_real_browser(browser, server, web_dir, loaded, tmp_path):
+    url, log = server
+    model, tok = loaded
+    a = ChatPage(browser, url)
+    assert a.page.locator("h1").first.text_content() == web_dir.name
+    assert a.page.title() == web_dir.name
+    assert LABELS["greeting"].split("\n")[0] in a.bubbles().first.text_content()
+    a.plain_text()
+
+    first = model.chat(tok, [user("hello there")])
+    assert same_text(a.send("hello there", expected_bubbles=3), first)
+    second = model.chat(tok, [user("hello there"), assistant(first), user("你好")])
+    assert same_text(a.send("你好", expected_bubbles=5), second)
+    shown_a = a.texts()
+    assert len(shown_a) == 4 and all(map(same_text, shown_a, ["hello there", first, "你好", second]))
+
+    # A second browser context is another session: its own (empty) history, the same loaded model.
+    b = ChatPage(browser, url)
+    assert b.bubbles().count() == 1  # the greeting only
+    b.plain_text()
+    other = model.chat(tok, [user("The quick brown fox")])
+    assert same_text(b.send("The quick brown fox", expected_bubbles=3), other)
+    a.page.get_by_label(LABELS["max_new_tokens"]).press("Enter")  # any rerun of session A
+    a.set_max_new_tokens(12)
+    assert a.texts() == shown_a  # untouched by B
+
+    # Stop: a long answer is cut off; the partial text stays in the history and the chat goes on.
+    b.set_max_new_tokens(1000)
+    full = model.chat(tok, [user("The quick brown fox"), assistant(other), user("go on")], max_new_tokens=1000)
+    box = b.page.get_by_test_id("stChatInputTextArea")
+    box.fill("go on")
+    box.press("Enter")
+    stop = b.page.get_by_role("button", name=LABELS["stop"])
+    stop.wait_for(timeout=30_000)
+    wait_until(lambda: len(b.bubbles().last.text_content()) > 10, "the answer to start streaming")
+    stop.click()
+    wait_until(lambda: stop.count() == 0 and b.idle() and b.page.get_by_text(LABELS["stopped"]).count() == 1,
+               "the stopped answer")
+    shown = b.texts()[-1]
+    # The kept text is a strict prefix of the full greedy answer (up to the whitespace st.text strips).
+    partials = [full[:i] for i in range(1, len(full)) if same_text(shown, full[:i])]
+    assert shown.strip() and partials, (shown, full)
+    b.set_max_new_tokens(12)
+    after = b.send("thanks", expected_bubbles=7)
+    # ... and it is in the history: the next answer is the one that follows exactly that text.
+    assert any(same_text(after, model.chat(tok, [user("The quick brown fox"), assistant(other), user("go on"),
+                                                 assistant(partial), user("thanks")], max_new_tokens=12))
+               for partial in partials)
+
+    # Clear: A's history is gone, B's is not.
+    a.page.get_by_role("button", name=LABELS["clear"]).click()
+    wait_until(lambda: a.bubbles().count() == 1 and a.idle(), "the cleared history")
+    assert len(b.texts()) == 6
+
+    shot = tmp_path / "web-chat.png"
+    b.page.screenshot(path=str(shot), full_page=True)
+    artifacts = Path(os.environ.get("BAICHUAN_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, artifacts / shot.name)
+
+    assert log.read_text().count("baichuan web: loaded") == 1  # one model for both sessions
+    a.context.close()
+    b.context.close()
