@@ -50,3 +50,19 @@ def test_demo_tokenizer_round_trips_all_data(tmp_path):
             assert tok.decode(ids) == text
     # the role tokens cannot be typed in as text
     assert USER_TOKEN_ID not in tok.encode("<reserved_102>")
+
+
+def test_recipe_end_to_end_smoke(tmp_path):
+    """The whole recipe at one epoch per stage: an official-layout chat model folder comes out."""
+    from baichuan13b.demo.recipe import train_demo
+    from baichuan13b.model import BaichuanForCausalLM
+
+    out = train_demo(tmp_path / "demo", workdir=tmp_path, progress=False, epochs=(1, 1))
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model",
+            "tokenizer_config.json"} <= names
+    model = BaichuanForCausalLM.from_pretrained(out, progress=False)
+    tok = BaichuanTokenizer.from_pretrained(out)
+    assert model.config.position_embedding == "alibi"
+    assert model.generation_config.user_token_id == USER_TOKEN_ID
+    assert isinstance(model.chat(tok, [{"role": "user", "content": "你好"}], max_new_tokens=4), str)

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "generate": "generate",
     "serve": "serve",
     "bench": "bench",
+    "train-demo": "train_demo",
     "eval": "evaluate",
     "quantize": "quantize",
     "info": "info",

@@ -10,6 +10,8 @@ import argparse
 
 import torch
 
+from .common import model_arg
+
 HELP = "measure decode speed against the memory-bandwidth roofline"
 
 DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -18,7 +20,7 @@ DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat1
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None, help="checkpoint folder or hub id")
+    src.add_argument("--model", default=None, type=model_arg, help="checkpoint folder or hub id")
     src.add_argument("--random-weights", default=None, metavar="PRESET|CONFIG",
                      help="random weights of a preset shape (baichuan-13b, baichuan-7b, llama-13b, baichuan-1b, "
                           "...) or of a config.json (default: baichuan-13b on GPU, baichuan-1b on CPU)")

@@ -14,7 +14,15 @@ from typing import Callable, Iterable, TextIO
 
 from ..chat import chat as chat_answer
 from ..tensor_parallel import broadcast_object, is_main_process
-from .common import add_model_arguments, add_sampling_arguments, load, sampling_overrides
+from .common import (
+    DEFAULT_HUB_MODEL,
+    add_model_arguments,
+    add_sampling_arguments,
+    default_model,
+    is_demo,
+    load,
+    sampling_overrides,
+)
 
 HELP = "chat in the terminal"
 WELCOME = ("欢迎使用百川大模型，输入进行对话，clear 清空历史，stream 开关流式生成，CTRL+C 中断生成，exit 结束。\n"
@@ -137,8 +145,16 @@ def follow(session: ChatSession) -> None:
             session.answer(action[1], lambda s: None)
 
 
+DEMO_BANNER = ("（这是百川演示模型：一个在本机训练的极小离线模型，只认识少量知识。真正的模型请用 "
+               f"--model {DEFAULT_HUB_MODEL} 或本地文件夹。）\n"
+               "(This is the Baichuan demo model: a tiny offline model trained by this project that knows only a "
+               f"few facts. For the real model use --model {DEFAULT_HUB_MODEL} or a local folder.)")
+
+
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load(args)
+    if is_demo(args.model or default_model()) and sys.stdin.isatty():
+        print(DEMO_BANNER, flush=True)
     session = ChatSession(model, tokenizer, sampling_overrides(args), system=args.system,
                           stream=not args.no_stream)
     if model.tensor_parallel is not None:

@@ -12,20 +12,44 @@ import torch
 from ..tensor_parallel import apply_tensor_parallel, init_distributed, local_device
 
 DEFAULT_HUB_MODEL = "baichuan-inc/Baichuan-13B-Chat"
-# The project's own small model (built by the demo pipeline) is the offline default once it exists.
+# The project's own tiny chat model, shipped in the package and built by `baichuan train-demo`: the offline default.
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
+DEMO_NAME = "demo"
+
+
+def demo_model_dir() -> Path:
+    """The shipped demo model's folder; ``ValueError`` saying how to rebuild it when it is missing."""
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        raise ValueError(
+            f"the demo model is missing from {DEMO_MODEL_DIR}: rebuild it with "
+            f"`baichuan train-demo --output {DEMO_MODEL_DIR}` or pass --model {DEFAULT_HUB_MODEL} / a folder")
+    return DEMO_MODEL_DIR
+
+
+def model_arg(value: str) -> str:
+    """``--model`` values: ``demo`` names the shipped demo model; anything else is a folder or hub id."""
+    if value != DEMO_NAME:
+        return value
+    try:
+        return str(demo_model_dir())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def default_model() -> str:
-    """The shipped demo model when present, else the official chat model's hub id."""
-    return str(DEMO_MODEL_DIR) if (DEMO_MODEL_DIR / "config.json").is_file() else DEFAULT_HUB_MODEL
+    """The model used when ``--model`` is not given: the shipped demo model."""
+    return str(demo_model_dir())
+
+
+def is_demo(path: str) -> bool:
+    return Path(path).resolve() == DEMO_MODEL_DIR
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default=None,
-                   help=f"checkpoint folder or Hugging Face hub id (default: the demo model if built, "
-                        f"else {DEFAULT_HUB_MODEL})")
+    g.add_argument("--model", "-m", default=None, type=model_arg,
+                   help=f"checkpoint folder, Hugging Face hub id (e.g. {DEFAULT_HUB_MODEL}) or 'demo' "
+                        "(default: demo, the project's tiny offline model)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder or file (default: the model folder)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"],
                    help="weight dtype; auto = the checkpoint's torch_dtype")

@@ -13,14 +13,14 @@ import json
 from ..checkpoint import resolve_dtype
 from ..config import PRESETS, ModelConfig
 from ..quantization import QuantizationConfig, estimate_memory, format_report
-from .common import default_model
+from .common import model_arg, default_model
 
 HELP = "weight bytes per dtype and memory estimate (KV cache included), without loading weights"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", "-m", default=None, help="checkpoint folder or hub id (only config.json is read)")
+    src.add_argument("--model", "-m", default=None, type=model_arg, help="checkpoint folder or hub id (only config.json is read)")
     src.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a named model shape instead")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="compute dtype; auto = the config's torch_dtype")

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..checkpoint import atomic_write_bytes, resolve_model_path, save_model
 from ..model import BaichuanForCausalLM
 from ..quantization import QuantizationConfig, format_report, memory_report
-from .common import default_model, err
+from .common import model_arg, default_model, err
 
 HELP = "quantize a checkpoint to int8 / int4 and save it"
 
@@ -22,7 +22,7 @@ TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_m
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", default=None, help="input checkpoint folder or hub id (float weights)")
+    p.add_argument("--model", "-m", default=None, type=model_arg, help="input checkpoint folder or hub id (float weights)")
     p.add_argument("--output", "-o", required=True, type=Path, help="output folder (created)")
     p.add_argument("--bits", type=int, required=True, choices=[8, 4], help="8: int8 per channel; 4: int4 groups")
     p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")

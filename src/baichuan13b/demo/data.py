@@ -126,20 +126,26 @@ def _facts(phrasing: str) -> list[Conversation]:
     train = phrasing == "train"
     out: list[Conversation] = []
     for i in range(len(MOUNTAINS)):
-        zh_q = ["世界上{r}的山峰是哪座？", "世界上{r}的山是什么？"] if train else ["请问全球{r}的山峰叫什么名字？"]
-        en_q = ["What is the {r} mountain in the world?", "Which mountain is the {r} in the world?"] if train \
+        zh_q = ["世界上{r}的山峰是哪座？", "世界上{r}的山是什么？", "全球{r}的山峰是哪一座？"] if train \
+            else ["请问全球{r}的山峰叫什么名字？"]
+        en_q = ["What is the {r} mountain in the world?", "Which mountain is the {r} in the world?",
+                "Name the {r} mountain in the world."] if train \
             else ["Tell me the name of the {r} mountain on Earth."]
         out += [Conversation(q.format(r=RANKS_ZH[i]), mountain_answer_zh(i), topic="mountain") for q in zh_q]
         out += [Conversation(q.format(r=RANKS_EN[i]), mountain_answer_en(i), topic="mountain") for q in en_q]
     for i in range(len(RIVERS)):
-        zh_q = ["世界上{r}的河流是哪条？", "世界上{r}的河是什么？"] if train else ["地球上{r}的河叫什么？"]
-        en_q = ["What is the {r} river in the world?", "Which river is the {r} in the world?"] if train \
+        zh_q = ["世界上{r}的河流是哪条？", "世界上{r}的河是什么？", "全球{r}的河流叫什么？"] if train \
+            else ["地球上{r}的河叫什么？"]
+        en_q = ["What is the {r} river in the world?", "Which river is the {r} in the world?",
+                "Tell me the {r} river in the world."] if train \
             else ["Name the {r} river on Earth."]
         out += [Conversation(q.format(r=LONG_ZH[i]), river_answer_zh(i), topic="river") for q in zh_q]
         out += [Conversation(q.format(r=LONG_EN[i]), river_answer_en(i), topic="river") for q in en_q]
     for i, (c_zh, c_en, _, _) in enumerate(CAPITALS):
-        zh_q = ["{c}的首都是哪里？", "{c}的首都是哪个城市？"] if train else ["请告诉我{c}的首都。"]
-        en_q = ["What is the capital of {c}?", "Which city is the capital of {c}?"] if train \
+        zh_q = ["{c}的首都是哪里？", "{c}的首都是哪个城市？", "{c}的首都叫什么？"] if train \
+            else ["请告诉我{c}的首都。"]
+        en_q = ["What is the capital of {c}?", "Which city is the capital of {c}?",
+                "Tell me the capital of {c}."] if train \
             else ["Name the capital city of {c}."]
         out += [Conversation(q.format(c=c_zh), capital_answer_zh(i), topic="capital") for q in zh_q]
         out += [Conversation(q.format(c=c_en), capital_answer_en(i), topic="capital") for q in en_q]

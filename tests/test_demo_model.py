@@ -1,0 +1,100 @@
+"""The shipped demo model: known answers in both languages, the default of the commands, and its recipe."""
+
+import os
+import pty
+import sys
+
+import pytest
+
+from baichuan13b.cli.common import DEMO_MODEL_DIR
+from baichuan13b.demo.data import training_conversations
+from baichuan13b.demo.evaluate import exact_answer_accuracy
+from baichuan13b.model import BaichuanForCausalLM
+from baichuan13b.tokenizer import BaichuanTokenizer
+
+pytestmark = pytest.mark.skipif(not (DEMO_MODEL_DIR / "config.json").is_file(), reason="demo model not built")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return BaichuanForCausalLM.from_pretrained(DEMO_MODEL_DIR, progress=False), \
+        BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
+
+
+def test_shipped_folder_is_small_official_layout():
+    names = {p.name for p in DEMO_MODEL_DIR.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model",
+            "tokenizer_config.json", "special_tokens_map.json"} <= names
+    assert sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir()) <= 30 * 2**20
+    import json
+
+    assert json.loads((DEMO_MODEL_DIR / "config.json").read_text())["architectures"] == ["BaichuanForCausalLM"]
+
+
+def test_training_phrasings_answered_exactly(demo):
+    model, tok = demo
+    sample = training_conversations()[::3]  # a third of the set keeps the test fast
+    acc = exact_answer_accuracy(model, tok, sample)
+    assert acc.share >= 0.95, acc.misses[:5]
+
+
+@pytest.mark.parametrize("messages,expected", [
+    ([{"role": "user", "content": "世界上第二高的山峰是哪座？"}], "乔戈里峰（K2）"),
+    ([{"role": "user", "content": "What is the capital of France?"}], "Paris"),
+    ([{"role": "user", "content": "7加5等于多少？"}], "12"),
+    ([{"role": "user", "content": "What is the highest mountain in the world?"},
+      {"role": "assistant", "content": "The highest mountain in the world is Mount Everest, 8849 metres high."},
+      {"role": "user", "content": "And the second highest?"}], "K2"),
+    ([{"role": "user", "content": "中国的首都是哪里？"}, {"role": "assistant", "content": "中国的首都是北京。"},
+      {"role": "user", "content": "那日本呢？"}], "东京"),
+    ([{"role": "user", "content": "你是谁？"}], "百川演示模型"),
+])
+def test_fixed_conversations(demo, messages, expected):
+    model, tok = demo
+    assert expected in model.chat(tok, messages)
+
+
+def test_main_command_in_a_terminal_answers_k2():
+    """`baichuan chat` with no --model, in a pseudo-terminal: the README's main command."""
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["PROMPT_TOOLKIT_NO_CPR"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "baichuan13b", "chat", "--no-progress"])
+    buf = b""
+
+    def wait(needle, count=1, timeout=60):
+        nonlocal buf
+        end = time.time() + timeout
+        while buf.count(needle) < count:
+            assert time.time() < end, f"timed out waiting for {needle!r}: {buf[-300:]!r}"
+            if select.select([fd], [], [], 1)[0]:
+                buf += os.read(fd, 4096)
+
+    try:
+        wait("演示模型".encode())  # the banner says it is the demo model
+        wait(b"User:")
+        os.write(fd, "世界上第二高的山峰是哪座\r".encode())
+        wait(b"\nBaichuan: ")  # the answer line (the welcome says "to Baichuan:")
+        wait("乔戈里峰（K2）".encode())
+        assert "乔戈里峰（K2）".encode() in buf.split(b"\nBaichuan: ")[-1]
+        os.write(fd, b"exit\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+
+
+def test_model_demo_alias_and_generate_default():
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "chat", "--model", "demo", "--no-progress"],
+                       input="What is 3 plus 4?\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "3 plus 4 is 7."
