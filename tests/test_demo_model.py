@@ -98,3 +98,13 @@ def test_model_demo_alias_and_generate_default():
                        input="What is 3 plus 4?\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "3 plus 4 is 7."
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_quantized_demo_keeps_its_answers(quantize):
+    """Issue 5's check on a trained model: int8 answers unchanged, int4 within 5 points (sampled set)."""
+    model = BaichuanForCausalLM.from_pretrained(DEMO_MODEL_DIR, progress=False, quantize=quantize)
+    tok = BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
+    sample = training_conversations()[::8]
+    acc = exact_answer_accuracy(model, tok, sample)
+    assert acc.share >= (1.0 if quantize == "int8" else 0.95), acc.misses[:3]

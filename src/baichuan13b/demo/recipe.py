@@ -28,7 +28,8 @@ from .tokenizer import ASSISTANT_TOKEN_ID, USER_TOKEN_ID, train_tokenizer
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
-DEMO_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+DEMO_SHAPE = dict(hidden_size=256, intermediate_size=768,  # in-features divisible by 128 (int4 groups)
+                  num_hidden_layers=4, num_attention_heads=8,
                   max_position=512)
 
 # Training settings of the two stages (the flags of `baichuan finetune`).
