@@ -199,3 +199,14 @@ def test_vanishing_temperature_is_greedy_not_nan():
     greedy = generate(model, ids, max_new_tokens=6, eos_token_id=None)
     tiny_t = generate(model, ids, max_new_tokens=6, eos_token_id=None, do_sample=True, temperature=5e-324, seed=0)
     assert torch.equal(greedy, tiny_t)
+
+
+def test_compiled_fixed_shape_decoding_gives_the_same_tokens():
+    """The fast path (fixed-shape decode step under torch.compile) equals eager decoding, padding included."""
+    model = tiny_model()
+    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(14))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    eager = generate(model, ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
+    compiled = generate(model, ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, compile=True)
+    assert torch.equal(eager, compiled)
