@@ -31,6 +31,7 @@ from ..config import PRESETS, ModelConfig
 from ..model import BaichuanForCausalLM
 from ..quantization import estimate_memory, weight_bytes_by_dtype
 from .load import measure_decode
+from .speed import random_model
 
 
 def memory_table(preset: str, dtype: torch.dtype) -> list[dict]:
@@ -46,22 +47,6 @@ def memory_table(preset: str, dtype: torch.dtype) -> list[dict]:
         report = estimate_memory(config, dtype=dtype, quantize=quantize)
         rows.append({"mode": label, "weight_bytes": report.weight_bytes, "by_dtype": report.weights})
     return rows
-
-
-def _random_on(config: ModelConfig, dtype: torch.dtype, device: str, seed: int = 0) -> BaichuanForCausalLM:
-    """A random model built on meta and filled in place on ``device`` (no float32 copy on the host)."""
-    with torch.device("meta"):
-        model = BaichuanForCausalLM(config).to(dtype)
-    model.to_empty(device=device)  # filled in ``dtype`` directly: no float32 copy anywhere
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, config.initializer_range, generator=gen)
-    model.model.init_position_buffers(device)
-    return model.eval()
 
 
 @torch.inference_mode()
@@ -115,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.new_tokens} new tokens, {args.cpu_dtype}, {torch.get_num_threads()} threads, best of "
               f"{args.repeats}:", flush=True)
         results["cpu_decode"] = {"preset": args.cpu_preset, "dtype": args.cpu_dtype,
-                                 "rows": decode_table(lambda: _random_on(config, dtype, "cpu"), args.new_tokens,
+                                 "rows": decode_table(lambda: random_model(config, dtype, "cpu"), args.new_tokens,
                                                       args.repeats)}
 
     if torch.cuda.is_available():
         gpu_config = ModelConfig.from_name(args.gpu_preset)
         print(f"GPU decode, {args.gpu_preset} (random), batch 1, float16, {torch.cuda.get_device_name()}:", flush=True)
         results["gpu_decode"] = {"preset": args.gpu_preset, "device": torch.cuda.get_device_name(),
-                                 "rows": decode_table(lambda: _random_on(gpu_config, torch.float16, "cuda"),
+                                 "rows": decode_table(lambda: random_model(gpu_config, torch.float16, "cuda"),
                                                       args.new_tokens, args.repeats)}
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -77,8 +77,8 @@ def random_model(config: ModelConfig, dtype: torch.dtype, device: torch.device |
                  seed: int = 0) -> BaichuanForCausalLM:
     """Random weights created directly on ``device`` in ``dtype`` (no float32 host copy): fast at 13B."""
     with torch.device("meta"):
-        model = BaichuanForCausalLM(config)
-    model = model.to_empty(device=device).to(dtype)
+        model = BaichuanForCausalLM(config).to(dtype)
+    model.to_empty(device=device)  # allocated in ``dtype`` directly: no float32 copy anywhere
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
