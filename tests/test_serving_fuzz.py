@@ -1,5 +1,7 @@
 """Fuzzing the live server over its own OpenAPI schema (schemathesis): no input may cause a 5xx."""
 
+import zlib
+
 import pytest
 from serving_server import MODEL_NAME, RunningServer, build_chat_folder, load_float64
 
@@ -26,10 +28,10 @@ def test_no_input_causes_a_server_error(fuzz_server, mode):
 
     @given(case=schema.as_strategy(schemathesis.GenerationMode(mode)))
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-              phases=[Phase.generate])
+              phases=[Phase.generate], derandomize=True)  # the same cases on every run: no flaky coverage
     def fuzz(case):
         # Most generated bodies name the served model, so that they reach validation and generation, not 404.
-        if isinstance(case.body, dict) and "model" in case.body and hash(repr(case.body)) % 4:
+        if isinstance(case.body, dict) and "model" in case.body and zlib.crc32(repr(case.body).encode()) % 4:
             case.body["model"] = MODEL_NAME
         response = case.call_and_validate(headers=fuzz_server.headers, checks=[not_a_server_error], timeout=60)
         seen.add((case.operation.label, response.status_code))

@@ -244,14 +244,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check, what: str, timeout: float = 30.0):
+def wait_until(check, what, timeout: float = 30.0):
+    """Poll ``check`` until it is truthy; ``what`` (a string, or a function giving one) names it on timeout."""
     end = time.time() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.05)
 
 
@@ -375,8 +376,10 @@ def test_chat_in_a_real_browser(browser, server, web_dir, loaded, tmp_path):
     stop.wait_for(timeout=30_000)
     wait_until(lambda: len(b.bubbles().last.text_content()) > 10, "the answer to start streaming")
     stop.click()
-    wait_until(lambda: stop.count() == 0 and b.idle() and b.page.get_by_text(LABELS["stopped"]).count() == 1,
-               "the stopped answer")
+    wait_until(lambda: stop.count() == 0 and b.idle() and b.page.get_by_text(LABELS["stopped"]).count() >= 1,
+               lambda: ("the stopped answer (stop buttons: %d, idle: %s, 'stopped' labels: %d, last bubble: %r)"
+                        % (stop.count(), b.idle(), b.page.get_by_text(LABELS["stopped"]).count(),
+                           b.bubbles().last.text_content()[-200:])), timeout=60.0)
     shown = b.texts()[-1]
     # The kept text is a strict prefix of the full greedy answer (up to the whitespace st.text strips).
     partials = [full[:i] for i in range(1, len(full)) if same_text(shown, full[:i])]
