@@ -45,11 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR))
     p.add_argument("--show-misses", type=int, default=5)
+    p.add_argument("--quantize", default=None, choices=["int8", "int4"], help="quantize while loading")
+    p.add_argument("--sets", default="train,heldout", help="which sets: train, heldout or both")
     args = p.parse_args(argv)
-    model = BaichuanForCausalLM.from_pretrained(args.model, progress=False)
+    model = BaichuanForCausalLM.from_pretrained(args.model, progress=False, quantize=args.quantize)
     tokenizer = BaichuanTokenizer.from_pretrained(args.model)
-    for name, convs in (("training phrasings", training_conversations()),
-                        ("held-out phrasings", heldout_conversations())):
+    sets = {"train": ("training phrasings", training_conversations),
+            "heldout": ("held-out phrasings", heldout_conversations)}
+    for key in args.sets.split(","):
+        if key not in sets:
+            p.error(f"--sets: unknown set {key!r} (train, heldout)")
+        name, convs = sets[key][0], sets[key][1]()
         acc = exact_answer_accuracy(model, tokenizer, convs)
         print(f"{name}: {acc.correct}/{acc.total} = {100 * acc.share:.1f}% exact answers", flush=True)
         for c, got in acc.misses[: args.show_misses]:
