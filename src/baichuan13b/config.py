@@ -159,13 +159,12 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ModelConfig":
-        path = Path(path)
+        from .checkpoint import read_json_object
+
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
+            data = read_json_object(path)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
         return cls.from_dict(data)
 
     @classmethod

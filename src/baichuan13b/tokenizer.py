@@ -35,6 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import sentencepiece as spm
 
+from .checkpoint import read_json_object
+
 __all__ = [
     "BaichuanTokenizer",
     "StreamDecoder",
@@ -73,18 +75,6 @@ def _token_content(value: Any, source: str) -> str | None:
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):
         return value["content"]
     raise ValueError(f"{source}: cannot interpret special token entry {value!r}")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """Load a JSON object from ``path``; raise ValueError naming the file on bad content."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must contain a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _as_id_list(ids: Any) -> list[int]:
@@ -241,7 +231,7 @@ class BaichuanTokenizer:
         init: dict[str, Any] = {"pad_token": "<unk>"}  # as shipped by Baichuan
         config_path = folder / TOKENIZER_CONFIG_NAME
         if config_path.is_file():
-            config = _read_json(config_path)
+            config = read_json_object(config_path)
             for key in ("add_bos_token", "add_eos_token"):
                 if key in config and config[key] is not None:
                     init[key] = bool(config[key])
@@ -252,7 +242,7 @@ class BaichuanTokenizer:
                     init[key] = _token_content(config[key], str(config_path))
         map_path = folder / SPECIAL_TOKENS_MAP_NAME
         if map_path.is_file():
-            special_map = _read_json(map_path)
+            special_map = read_json_object(map_path)
             for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
                 if key in special_map:
                     init[key] = _token_content(special_map[key], str(map_path))

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..checkpoint import atomic_write_bytes, atomic_write_text, read_json_object
 from .benchmarks import BENCHMARKS, Benchmark, get_benchmark
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
@@ -191,11 +191,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
         p = p / REPORT_JSON
     if not p.is_file():
         raise FileNotFoundError(f"no evaluation report at {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is not valid JSON: {e}") from e
-    if not isinstance(data, dict) or "tasks" not in data:
+    data = read_json_object(p)
+    if "tasks" not in data:
         raise ValueError(f"{p} is not an evaluation report (no 'tasks')")
     return data
 

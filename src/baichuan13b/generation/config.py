@@ -118,11 +118,9 @@ class GenerationConfig:
             path = path / "generation_config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no generation_config.json at {path.parent}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        from ..checkpoint import read_json_object
+
+        return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_model_config(cls, config: ModelConfig) -> "GenerationConfig":
