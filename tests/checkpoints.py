@@ -112,3 +112,28 @@ def rope_inv_freq_tensors(config: ModelConfig) -> dict[str, torch.Tensor]:
     d = config.head_dim
     inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     return {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv.clone() for i in range(config.num_hidden_layers)}
+
+
+def write_chat_model(folder, tokenizer_dir, *, generation_config: dict, max_position: int = 128, seed: int = 1,
+                     never_eos: bool = False) -> Path:
+    """A tiny random chat model folder (2 layers, hidden 64, float32, safetensors) with the tokenizer files of
+    ``tokenizer_dir`` copied in: what the CLI, web and serving tests load.
+
+    ``never_eos`` zeroes the eos row of ``lm_head``, so answers run to their length (a random model would end
+    some answers after a token or two).
+    """
+    import shutil
+
+    from baichuan13b.model import BaichuanForCausalLM
+    from baichuan13b.tokenizer import BaichuanTokenizer
+
+    tok = BaichuanTokenizer.from_pretrained(tokenizer_dir)
+    cfg = tiny_config(vocab=tok.vocab_size, max_position=max_position, torch_dtype="float32")
+    model = BaichuanForCausalLM.from_config(cfg, seed=seed)
+    if never_eos:
+        with torch.no_grad():
+            model.lm_head.weight[cfg.eos_token_id] = 0
+    folder = write_checkpoint(folder, model, cfg, "safetensors", generation_config=generation_config)
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder

@@ -6,15 +6,13 @@ Import from tests as ``from serving_server import ...`` (like ``checkpoints``).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import torch
-from checkpoints import tiny_config, write_checkpoint
+from checkpoints import write_chat_model
 
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.serving import Engine
@@ -36,15 +34,8 @@ def build_chat_folder(folder: Path, tokenizer_dir: Path, max_position: int = 128
     The eos row of ``lm_head`` is zeroed: a random model would otherwise end some answers after a token or two,
     and the tests need answers that run to their length (eos itself is tested through ``eos_token_id``).
     """
-    tok = BaichuanTokenizer.from_pretrained(tokenizer_dir)
-    cfg = tiny_config(vocab=tok.vocab_size, max_position=max_position, torch_dtype="float32")
-    model = BaichuanForCausalLM.from_config(cfg, seed=7)
-    with torch.no_grad():
-        model.lm_head.weight[cfg.eos_token_id] = 0
-    write_checkpoint(folder, model, cfg, "safetensors", generation_config=GEN)
-    for f in Path(tokenizer_dir).iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+    return write_chat_model(folder, tokenizer_dir, generation_config=GEN, max_position=max_position, seed=7,
+                            never_eos=True)
 
 
 def load_float64(folder: Path) -> tuple[BaichuanForCausalLM, BaichuanTokenizer]:

@@ -1,7 +1,6 @@
 """Chat prompt ids exactly as the official Baichuan-13B-Chat builds them; chat() end to end."""
 
 import pytest
-import torch
 
 from baichuan13b.chat import build_chat_ids
 from baichuan13b.config import ModelConfig

@@ -3,17 +3,14 @@
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-import torch
-from checkpoints import tiny_config, write_checkpoint
+from checkpoints import write_chat_model
 
 from baichuan13b.cli.chat import ChatSession, run_lines
-from baichuan13b.generation import GenerationConfig
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.tokenizer import BaichuanTokenizer
 
@@ -22,14 +19,7 @@ GEN = dict(max_new_tokens=12, user_token_id=5, assistant_token_id=6, do_sample=F
 
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory, tiny_tokenizer_dir):
-    tok = BaichuanTokenizer.from_pretrained(tiny_tokenizer_dir)
-    cfg = tiny_config(vocab=tok.vocab_size, max_position=128, torch_dtype="float32")
-    model = BaichuanForCausalLM.from_config(cfg, seed=1)
-    folder = write_checkpoint(tmp_path_factory.mktemp("chatmodel"), model, cfg, "safetensors",
-                              generation_config=GEN)
-    for f in tiny_tokenizer_dir.iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+    return write_chat_model(tmp_path_factory.mktemp("chatmodel"), tiny_tokenizer_dir, generation_config=GEN)
 
 
 @pytest.fixture(scope="module")

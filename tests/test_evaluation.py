@@ -505,8 +505,8 @@ def test_cli_eval_compare_and_ppl(model_dir, tmp_path, capsys):
                      "--labels", "encode,piece", "--output_dir", str(tmp_path / "cmp")]) == 0
     table = capsys.readouterr().out
     _, _, piece_avg = expected_scores("mmlu", "test", "A", limit=3)
-    assert f"| encode | " in table and f"| {piece_avg:.1f} |" in table
-    assert f"| piece − encode |" in table and "differ in letter_scheme" in table
+    assert "| encode | " in table and f"| {piece_avg:.1f} |" in table
+    assert "| piece − encode |" in table and "differ in letter_scheme" in table
     assert (tmp_path / "cmp" / "compare.png").is_file()
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. 你好，世界！", encoding="utf-8")

@@ -8,7 +8,7 @@ from training_helpers import write_dataset
 from baichuan13b.chat import build_chat_ids
 from baichuan13b.tokenizer import BaichuanTokenizer
 from baichuan13b.training.arguments import parse_finetune_args
-from baichuan13b.training.data import (ChatIds, DataError, DatasetSpec, collate, encode_messages, epoch_order,
+from baichuan13b.training.data import (ChatIds, DataError, collate, encode_messages, epoch_order,
                                        load_pt_examples, load_sft_examples, record_to_messages, resolve_datasets,
                                        split_dev)
 

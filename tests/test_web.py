@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from checkpoints import tiny_config, write_checkpoint
+from checkpoints import tiny_config, write_chat_model
 
 from baichuan13b.cli import build_parser as build_cli_parser
 from baichuan13b.cli.web import streamlit_command
@@ -58,13 +58,9 @@ def assistant(text):
 @pytest.fixture(scope="module")
 def web_dir(tmp_path_factory, tiny_tokenizer_dir):
     """A tiny random chat model with tokenizer; a context of 1024 leaves room for a long answer to stop."""
-    tok = BaichuanTokenizer.from_pretrained(tiny_tokenizer_dir)
-    cfg = tiny_config(vocab=tok.vocab_size, max_position=1024, torch_dtype="float32")
-    model = BaichuanForCausalLM.from_config(cfg, seed=1)
-    folder = write_checkpoint(tmp_path_factory.mktemp("webmodel"), model, cfg, "safetensors", generation_config=GEN)
-    for f in tiny_tokenizer_dir.iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+    # never_eos: the long answer of the stop test must still be streaming when the stop button is clicked.
+    return write_chat_model(tmp_path_factory.mktemp("webmodel"), tiny_tokenizer_dir, generation_config=GEN,
+                            max_position=1024, never_eos=True)
 
 
 @pytest.fixture(scope="module")
