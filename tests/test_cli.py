@@ -1,14 +1,11 @@
 """The ``baichuan`` command driven through a pipe and a pseudo-terminal."""
 
-import os
-import pty
-import select
 import subprocess
 import sys
-import time
 
 import pytest
 from checkpoints import write_chat_model
+from terminal import baichuan_on_terminal
 
 from baichuan13b.cli.chat import ChatSession, run_lines
 from baichuan13b.model import BaichuanForCausalLM
@@ -104,51 +101,15 @@ def test_stream_toggle_in_scripted_mode(loaded):
     assert buf.getvalue() == model.chat(tok, [{"role": "user", "content": "hi"}]) + "\n"
 
 
-class Terminal:
-    """Reads a pseudo-terminal's output and waits for text to appear (again)."""
-
-    def __init__(self, fd):
-        self.fd, self.buf = fd, b""
-
-    def wait(self, needle: bytes, count: int = 1, timeout: float = 30.0) -> None:
-        end = time.time() + timeout
-        while self.buf.count(needle) < count:
-            left = end - time.time()
-            if left <= 0:
-                raise AssertionError(f"timed out waiting for {needle!r} x{count}; got {self.buf[-400:]!r}")
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 4096)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    raise AssertionError(f"terminal closed while waiting for {needle!r}; got {self.buf[-400:]!r}")
-                self.buf += chunk
-
-
 def test_chat_in_a_pseudo_terminal(chat_dir):
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the real command on a terminal
-        os.environ["PROMPT_TOOLKIT_NO_CPR"] = "1"
-        os.execv(sys.executable, [sys.executable, "-m", "baichuan13b", "chat", "--model", str(chat_dir),
-                                  "--no-progress"])
-    term = Terminal(fd)
-    try:
+    with baichuan_on_terminal("chat", "--model", str(chat_dir), "--no-progress") as term:
         term.wait(b"User:", 1)
-        os.write(fd, b"hello there\r")
+        term.write(b"hello there\r")
         term.wait(b"Baichuan: ")
         term.wait(b"User:", 2)
-        os.write(fd, b"\x03")  # Ctrl+C at the prompt does not quit
+        term.write(b"\x03")  # Ctrl+C at the prompt does not quit
         term.wait(b"User:", 3)
-        os.write(fd, b"stream\r")
+        term.write(b"stream\r")
         term.wait(b"streaming off")
-        os.write(fd, b"exit\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
+        term.write(b"exit\r")
+        assert term.exit_status() == 0

@@ -1,10 +1,9 @@
 """The shipped demo model: known answers in both languages, the default of the commands, and its recipe."""
 
-import os
-import pty
 import sys
 
 import pytest
+from terminal import baichuan_on_terminal
 
 from baichuan13b.cli.common import DEMO_MODEL_DIR
 from baichuan13b.demo.data import training_conversations
@@ -56,39 +55,15 @@ def test_fixed_conversations(demo, messages, expected):
 
 def test_main_command_in_a_terminal_answers_k2():
     """`baichuan chat` with no --model, in a pseudo-terminal: the README's main command."""
-    import select
-    import time
-
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ["PROMPT_TOOLKIT_NO_CPR"] = "1"
-        os.execv(sys.executable, [sys.executable, "-m", "baichuan13b", "chat", "--no-progress"])
-    buf = b""
-
-    def wait(needle, count=1, timeout=60):
-        nonlocal buf
-        end = time.time() + timeout
-        while buf.count(needle) < count:
-            assert time.time() < end, f"timed out waiting for {needle!r}: {buf[-300:]!r}"
-            if select.select([fd], [], [], 1)[0]:
-                buf += os.read(fd, 4096)
-
-    try:
-        wait("演示模型".encode())  # the banner says it is the demo model
-        wait(b"User:")
-        os.write(fd, "世界上第二高的山峰是哪座\r".encode())
-        wait(b"\nBaichuan: ")  # the answer line (the welcome says "to Baichuan:")
-        wait("乔戈里峰（K2）".encode())
-        assert "乔戈里峰（K2）".encode() in buf.split(b"\nBaichuan: ")[-1]
-        os.write(fd, b"exit\r")
-        _, status = os.waitpid(pid, 0)
-        assert os.WEXITSTATUS(status) == 0
-    finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-        os.close(fd)
+    with baichuan_on_terminal("chat", "--no-progress") as term:
+        term.wait("演示模型".encode())  # the banner says it is the demo model
+        term.wait(b"User:")
+        term.write("世界上第二高的山峰是哪座\r".encode())
+        term.wait(b"\nBaichuan: ")  # the answer line (the welcome says "to Baichuan:")
+        term.wait("乔戈里峰（K2）".encode())
+        assert "乔戈里峰（K2）".encode() in term.buf.split(b"\nBaichuan: ")[-1]
+        term.write(b"exit\r")
+        assert term.exit_status() == 0
 
 
 def test_model_demo_alias_and_generate_default():
