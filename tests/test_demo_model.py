@@ -5,7 +5,7 @@ import sys
 import pytest
 from terminal import baichuan_on_terminal
 
-from baichuan13b.cli.common import DEMO_MODEL_DIR
+from baichuan13b.checkpoint import DEMO_MODEL_DIR
 from baichuan13b.demo.data import training_conversations
 from baichuan13b.demo.evaluate import exact_answer_accuracy
 from baichuan13b.model import BaichuanForCausalLM
@@ -83,3 +83,17 @@ def test_quantized_demo_keeps_its_answers(quantize):
     sample = training_conversations()[::8]
     acc = exact_answer_accuracy(model, tok, sample)
     assert acc.share >= (1.0 if quantize == "int8" else 0.95), acc.misses[:3]
+
+
+def test_demo_name_loads_in_python_and_keeps_its_name(tmp_path, monkeypatch):
+    from baichuan13b.checkpoint import model_display_name, resolve_model_path
+
+    monkeypatch.chdir(tmp_path)  # "demo" names the shipped model wherever the user is
+    assert resolve_model_path("demo") == DEMO_MODEL_DIR
+    model = BaichuanForCausalLM.from_pretrained("demo", progress=False)
+    tok = BaichuanTokenizer.from_pretrained("demo")
+    assert model.config.vocab_size == tok.vocab_size
+    assert model_display_name("demo") == model_display_name(DEMO_MODEL_DIR) == "demo"
+    (tmp_path / "my-ckpt").mkdir()
+    assert model_display_name("my-ckpt/") == "my-ckpt"
+    assert model_display_name("baichuan-inc/Baichuan-13B-Chat") == "baichuan-inc/Baichuan-13B-Chat"

@@ -43,6 +43,7 @@ __all__ = [
     "find_weight_files",
     "iter_tensors",
     "load_model",
+    "model_display_name",
     "parse_size",
     "plan_devices",
     "resolve_dtype",
@@ -62,6 +63,11 @@ _SHARD_RE = re.compile(r"^(?:model|pytorch_model)-\d{5}-of-\d{5}\.(?:safetensors
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# The project's own tiny chat model, shipped in the package (built by `baichuan train-demo`): the name ``demo``
+# stands for it wherever a model folder or hub id is accepted (``./demo`` names a folder called demo instead).
+DEMO_NAME = "demo"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo" / "model"
 
 
 class CheckpointError(ValueError):
@@ -193,6 +199,11 @@ def resolve_model_path(path_or_id: str | os.PathLike, allow_patterns: list[str] 
             or the repo does not exist / is gated.
     """
     text = os.fspath(path_or_id)
+    if text == DEMO_NAME:
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            raise CheckpointError(f"the demo model is missing from {DEMO_MODEL_DIR}: rebuild it with "
+                                  f"`baichuan train-demo --output {DEMO_MODEL_DIR}` or pass a folder / hub id")
+        return DEMO_MODEL_DIR
     path = Path(text).expanduser()
     if path.is_dir():
         return path
@@ -202,6 +213,22 @@ def resolve_model_path(path_or_id: str | os.PathLike, allow_patterns: list[str] 
     if not _HUB_ID_RE.match(text):
         raise CheckpointError(f"no such folder: {text} (and it is not a hub id of the form owner/name)")
     return _snapshot(text, allow_patterns)
+
+
+def model_display_name(path_or_id: str | os.PathLike) -> str:
+    """The name to show and serve for a model given as ``demo``, a folder or a hub id.
+
+    ``demo`` (or the shipped demo folder itself) is ``demo``; a folder is its own name (``./ckpt/`` -> ``ckpt``);
+    a hub id is shown as typed (``baichuan-inc/Baichuan-13B-Chat``).
+    """
+    text = os.fspath(path_or_id)
+    if text == DEMO_NAME:
+        return DEMO_NAME
+    path = Path(text).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        return DEMO_NAME if resolved == DEMO_MODEL_DIR else resolved.name
+    return text.rstrip("/")
 
 
 def _snapshot(repo_id: str, allow_patterns: list[str] | None) -> Path:

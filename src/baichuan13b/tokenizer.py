@@ -193,8 +193,8 @@ class BaichuanTokenizer:
         """
         raw = os.fspath(path)
         p = Path(raw).expanduser()
-        if not p.exists():
-            if not _looks_like_hub_id(raw):
+        if raw == "demo" or not p.exists():  # "demo": the shipped demo model (see checkpoint.resolve_model_path)
+            if raw != "demo" and not _looks_like_hub_id(raw):
                 raise FileNotFoundError(
                     f"Tokenizer path does not exist: {p} (expected a folder containing "
                     f"{VOCAB_FILE_NAME}, a .model file, or a Hub model id)"

@@ -9,12 +9,10 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import DEMO_MODEL_DIR, DEMO_NAME, model_display_name
 from ..tensor_parallel import apply_tensor_parallel, init_distributed, local_device
 
 DEFAULT_HUB_MODEL = "baichuan-inc/Baichuan-13B-Chat"
-# The project's own tiny chat model, shipped in the package and built by `baichuan train-demo`: the offline default.
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "demo" / "model"
-DEMO_NAME = "demo"
 
 
 def demo_model_dir() -> Path:
@@ -27,22 +25,30 @@ def demo_model_dir() -> Path:
 
 
 def model_arg(value: str) -> str:
-    """``--model`` values: ``demo`` names the shipped demo model; anything else is a folder or hub id."""
+    """``--model`` values: ``demo`` names the shipped demo model (kept as typed, so that it is shown and served as
+    ``demo``; every loader resolves it); anything else is a folder or hub id."""
     if value != DEMO_NAME:
         return value
     try:
-        return str(demo_model_dir())
+        demo_model_dir()
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+    return value
 
 
 def default_model() -> str:
     """The model used when ``--model`` is not given: the shipped demo model."""
-    return str(demo_model_dir())
+    demo_model_dir()
+    return DEMO_NAME
 
 
 def is_demo(path: str) -> bool:
-    return Path(path).resolve() == DEMO_MODEL_DIR
+    return model_display_name(path) == DEMO_NAME and (path == DEMO_NAME or Path(path).resolve() == DEMO_MODEL_DIR)
+
+
+def display_name(args: argparse.Namespace) -> str:
+    """The model's name as shown and served: ``demo``, a folder's name or the hub id the user typed."""
+    return model_display_name(args.model or default_model())
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

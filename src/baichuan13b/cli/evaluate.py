@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text
-from .common import add_model_arguments, err, load
+from .common import add_model_arguments, display_name, err, load
 
 HELP = "C-Eval / MMLU / CMMLU k-shot accuracy, perplexity, and comparison of reports"
 
@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.output_dir:
         raise ValueError("--output_dir is needed (results are written there, subject by subject)")
     from ..evaluation.runner import EvalSettings, evaluate
-    from .common import default_model
 
     settings = EvalSettings(split=args.split, shots=args.shots, subjects=_split_list(args.subjects) or None,
                             limit=args.limit, batch_size=args.batch_size, letter_scheme=args.letter_scheme,
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                             save_prompts=args.save_prompts)
     settings.validate()
     model, tokenizer = load(args)
-    model_name = args.model or default_model()
+    model_name = display_name(args)
     report = evaluate(model, tokenizer, tasks, args.output_dir, data_dir=args.data_dir, settings=settings,
                       model_name=model_name, label=args.label, dtype=str(model.dtype).replace("torch.", ""),
                       quantize=_quantize_name(args), progress=not args.no_progress)

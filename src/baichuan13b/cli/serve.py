@@ -13,9 +13,8 @@ import argparse
 import ipaddress
 import logging
 import os
-from pathlib import Path
 
-from .common import add_model_arguments, err, load
+from .common import add_model_arguments, display_name, err, load
 
 HELP = "serve an OpenAI-compatible API (continuous batching)"
 
@@ -46,18 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of the memory free after loading; on CPU: a quarter of the RAM)")
 
 
-def served_name(model_arg: str) -> str:
-    """Folder name of a local checkpoint, or the hub id itself."""
-    path = Path(model_arg)
-    return path.resolve().name if path.exists() else model_arg
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..serving import Engine
     from ..serving.api import create_app, serve
-    from .common import default_model
 
     api_key = args.api_key if args.api_key is not None else os.environ.get("BAICHUAN_API_KEY") or None
     if args.api_key is not None and not args.api_key:
@@ -79,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
                     max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes)
-    name = args.served_model_name or served_name(args.model or default_model())
+    name = args.served_model_name or display_name(args)
     if api_key is None and not _is_loopback(args.host):
         err(f"baichuan serve: warning: listening on {args.host} without an API key; anyone who can reach this "
             f"address can use the model (give --api-key)")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..chat import chat
-from ..cli.common import add_model_arguments, add_sampling_arguments, default_model, load, sampling_overrides
+from ..cli.common import add_model_arguments, add_sampling_arguments, display_name, load, sampling_overrides
 from ..generation import GenerationConfig
 from ..model import ContextLengthError
 
@@ -150,12 +150,6 @@ class ModelFacts:
         ]
 
 
-def model_name(path_or_id: str) -> str:
-    """A display name: a folder's name, or a hub id's name part (``baichuan-inc/Baichuan-13B-Chat`` -> its tail)."""
-    path = Path(path_or_id)
-    return path.resolve().name if path.exists() else str(path_or_id).rstrip("/").rsplit("/", 1)[-1]
-
-
 def model_facts(model: Any, args: argparse.Namespace) -> ModelFacts:
     """Facts about a loaded model. The quantization is the one its config records (``--quantize`` while loading, or
     a folder written by ``baichuan quantize``); the parameter count is the float model's, from the config."""
@@ -164,7 +158,7 @@ def model_facts(model: Any, args: argparse.Namespace) -> ModelFacts:
     devices = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())})
     quantization = QuantizationConfig.of_model_config(model.config)
     return ModelFacts(
-        name=model_name(args.model or default_model()),
+        name=display_name(args),
         parameters=model.config.num_parameters(),
         dtype=str(model.dtype).removeprefix("torch."),
         quantization=quantization.describe() if quantization else "none",
