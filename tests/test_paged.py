@@ -279,3 +279,17 @@ def test_paged_batch_rejects_what_it_cannot_address():
     batch = runner.cache.batch([s.block_table], [0], [5])
     with pytest.raises(ValueError, match="attention_mask"):
         model(torch.tensor([s.token_ids]), attention_mask=torch.ones(1, 5), cache=batch)
+
+
+def test_a_sequence_can_stay_out_of_the_prefix_cache():
+    bm = BlockManager(num_blocks=8, block_size=2)
+    a = seq(range(6))
+    bm.allocate(a)
+    computed(bm, a)
+    private = seq(range(6), prefix_cache=False)
+    bm.allocate(private)
+    computed(bm, private)
+    assert private.num_cached == 0 and not set(private.block_table) & set(a.block_table)
+    bm.free(a)
+    bm.free(private)
+    assert bm.num_cached == 3  # a's three full blocks; none of the private sequence's

@@ -92,7 +92,7 @@ class BlockManager:
     # ------------------------------------------------------------------ prefix lookup
     def match_prefix(self, token_ids: Seq[int]) -> list[int]:
         """Registered blocks holding the longest cached prefix of ``token_ids`` (never its last token)."""
-        if not self.prefix_cache:
+        if not self.prefix_cache or not token_ids:
             return []
         bs, found, previous = self.block_size, [], None
         for i in range((len(token_ids) - 1) // bs):
@@ -106,7 +106,7 @@ class BlockManager:
 
     def _admission_cost(self, seq: Sequence) -> tuple[list[int], int]:
         """(the prefix blocks ``seq`` would reuse, the free blocks its admission would consume)."""
-        hits = self.match_prefix(seq.token_ids)
+        hits = self.match_prefix(seq.token_ids) if seq.prefix_cache else []
         new = self.blocks_for(len(seq.token_ids)) - len(hits)
         revived = sum(1 for b in hits if self.blocks[b].ref_count == 0)  # leave the LRU list: no longer free
         return hits, new + revived
@@ -167,7 +167,7 @@ class BlockManager:
     # ------------------------------------------------------------------ registration and release
     def commit(self, seq: Sequence) -> None:
         """Register ``seq``'s blocks that became full and computed (call after each forward pass)."""
-        if not self.prefix_cache:
+        if not (self.prefix_cache and seq.prefix_cache):
             return
         bs = self.block_size
         for i in range(len(seq.block_hashes), seq.num_computed // bs):

@@ -17,7 +17,8 @@ class Sequence:
     prefix cache when the sequence was admitted). The tokens still to run through the model are
     ``token_ids[num_computed:]``: a whole prompt at first, then one token per decode step (the last sampled one).
     ``block_hashes`` are the chained hashes of the sequence's full, computed blocks (see :class:`BlockManager`).
-    ``order`` is the arrival order: the scheduler preempts the newest sequence first.
+    ``order`` is the arrival order: the scheduler preempts the newest sequence first. ``prefix_cache=False``
+    keeps this sequence out of the prefix cache (it neither reuses nor registers blocks).
     """
 
     token_ids: list[int]
@@ -27,6 +28,7 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)
     num_computed: int = 0
     num_cached: int = 0
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.num_prompt < 0:

@@ -1,29 +1,33 @@
-"""The serving engine: continuous batching over a per-row KV cache, run by one scheduler thread.
+"""The serving engine: continuous batching over the paged KV cache, run by one scheduler thread.
 
-Each request (a *sequence*) owns one row ("slot") of a :class:`~baichuan13b.cache.KVCache` made with
-``per_row=True``. The occupied slots are always ``0 .. n-1``: when a sequence leaves, the last one moves into its
-slot (its keys and values are copied), so a decode step runs on the view ``cache.rows(0, n)`` and never spends
-work on free rows. One scheduler iteration:
+Each request is a *sequence* (:class:`baichuan13b.paged.Sequence`) whose keys and values live in blocks of one
+:class:`~baichuan13b.cache.PagedKVCache`, reached through its block table (see :mod:`baichuan13b.paged`). One
+scheduler iteration:
 
-1. drop aborted sequences (client gone) and free their slots;
-2. admit waiting requests into free slots (first come, first served);
-3. prefill: up to ``prefill_chunk`` prompt tokens in total, one sequence at a time through its one-row view
-   (``cache.row(slot)``), so a long prompt is spread over several iterations and never stalls the others; a
-   sequence whose prompt is complete samples its first token;
-4. decode: one batched forward ``[n, 1]`` over the occupied slots, every row at its own position. Rows still
-   in prefill take part with a placeholder token whose cache slot is given back (their next chunk overwrites it);
-5. sample each decoding row with its own settings, detokenise, check eos / stop strings / length, and report.
+1. drop aborted sequences (client gone) and return their blocks;
+2. plan (:class:`~baichuan13b.paged.Scheduler`): running sequences get blocks for their next tokens (when none is
+   free the newest sequence is preempted: requeued, recomputed later from its cached prefix); waiting requests
+   are admitted while fewer than ``max_batch`` run and their blocks are free; a new sequence starts from the
+   longest cached prefix of its prompt (prefix reuse) and prefills only the rest;
+3. prefill: up to ``prefill_chunk`` prompt tokens in total, in one forward (several sequences, right padded), so a
+   long prompt is spread over several iterations and never stalls the others; a sequence whose prompt is
+   complete samples its first token;
+4. decode: one batched forward ``[n, 1]`` over the decoding sequences, every row at its own position;
+5. sample each row with its own settings, detokenise, check eos / stop strings / length, and report.
 
 Sampling reuses the pure functions of :mod:`baichuan13b.generation`: rows with the same settings go through
 ``process_logits`` together (every operation there is row-wise), and each sampling row draws from its own
 ``torch.Generator`` (seeded by the request), so a request's tokens never depend on its batch neighbours. The text
-of each sequence comes from :class:`~baichuan13b.generation.TextStream`, as in ``stream_text``/``model.chat``.
-Greedy output therefore equals ``model.chat`` with the same settings, up to floating-point differences between
-batch shapes (matrix products of different sizes may round differently, which can flip an exact near-tie).
+of each sequence comes from :class:`~baichuan13b.generation.TextStream`, as in ``stream_text``. Greedy output
+therefore equals ``model.generate`` with the same settings, up to floating-point differences between batch shapes
+(matrix products of different sizes may round differently, which can flip an exact near-tie); reuse of a cached
+prefix changes nothing but the work done (the cached keys and values are those the prefill would compute).
 
-The KV memory is reserved up front, one full-context row per slot: ``max_batch`` rows, fewer when
-``kv_cache_bytes`` does not hold that many. A request is admitted only when a row is free, so admitted work never
-runs out of cache; others wait in a bounded queue (``max_queue``, then :class:`QueueFullError`).
+Memory: the pool has ``kv_cache_bytes`` worth of blocks, at most ``max_batch`` full contexts (what the old
+slot-per-request cache reserved) and at least one full context, so any admitted request can always finish.
+Requests wait in a bounded queue (``max_queue``, then :class:`QueueFullError`). Without the scheduler thread
+(:meth:`Engine.start` not called), :meth:`Engine.stream` runs the steps on the calling thread: ``model.chat``
+uses the engine that way.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -43,6 +46,7 @@ import torch
 from ..generation import GenerationConfig, TextStream, process_logits, select_next
 from ..generation.sampling import seen_tokens
 from ..model import ContextLengthError
+from ..paged import BlockManager, ModelRunner, Scheduler, Sequence
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -50,13 +54,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("baichuan13b.serving")
 
+DEFAULT_BLOCK_SIZE = 16
+
 
 class EngineError(RuntimeError):
     """Base of the errors :meth:`Engine.submit` raises when it cannot take a request."""
 
 
 class QueueFullError(EngineError):
-    """Every slot is busy and the waiting queue is full: try again later."""
+    """The batch is full and the waiting queue is full: try again later."""
 
 
 class EngineStoppedError(EngineError):
@@ -82,11 +88,11 @@ class Event:
         return self.finish_reason is not None or self.error is not None
 
 
-@dataclass(eq=False)
-class _Sequence:
+@dataclass(eq=False, kw_only=True)
+class _Request(Sequence):
+    """A request: its :class:`~baichuan13b.paged.Sequence` plus sampling and reporting state."""
+
     id: str
-    order: int
-    prompt: list[int]
     config: GenerationConfig
     max_new: int
     sink: Callable[[Event], None]
@@ -97,38 +103,53 @@ class _Sequence:
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float | None = None
     first_token_at: float | None = None
-    slot: int = -1
-    prefilled: int = 0
-    last_token: int | None = None  # fed to the next decode step; None while the prompt is being prefilled
     generated: int = 0
     aborted: bool = False
     done: bool = False
 
+    @property
+    def prompt(self) -> list[int]:
+        return self.token_ids[: self.num_prompt]
+
+
+def global_generator(device: torch.device) -> torch.Generator:
+    """The process-wide default generator of ``device`` (what sampling without a generator draws from)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
 
 class Engine:
-    """Continuous-batching generation for one model; thread-safe ``submit`` / ``abort``.
+    """Continuous-batching generation for one model over a paged KV cache; thread-safe ``submit`` / ``abort``.
 
     Args:
         model: the loaded model (its forward is the only compute path).
         tokenizer: its tokenizer (detokenisation and stop strings).
-        max_batch: sequences decoded together at most (slots of the KV cache).
-        max_queue: requests waiting for a slot at most; beyond that ``submit`` raises :class:`QueueFullError`.
-        max_seq_len: positions per slot (prompt + new tokens); default and maximum: the model's context.
+        max_batch: sequences running (decoded together) at most, like vLLM's ``max_num_seqs``.
+        max_queue: requests waiting at most; beyond that ``submit`` raises :class:`QueueFullError`.
+        max_seq_len: positions per sequence (prompt + new tokens); default and maximum: the model's context.
         prefill_chunk: prompt tokens prefilled per scheduler iteration (the chunk size of chunked prefill).
-        kv_cache_bytes: memory for the KV cache; the slot count is lowered to what fits (error if not one).
+        kv_cache_bytes: memory for the KV pool (default: ``max_batch`` full contexts); an error if it does not
+            hold one full context.
         generation_config: default settings (default: ``model.generation_config``, else from config.json).
         metrics: where to record counters and latencies (a new :class:`ServerMetrics` by default).
+        block_size: positions per KV block.
+        prefix_cache: reuse the keys and values of cached prompt prefixes (False: every request computes its
+            whole prompt; the same results, for comparison and debugging).
     """
 
     def __init__(self, model: "BaichuanForCausalLM", tokenizer: Any, *, max_batch: int = 16, max_queue: int = 256,
                  max_seq_len: int | None = None, prefill_chunk: int = 512, kv_cache_bytes: int | None = None,
-                 generation_config: GenerationConfig | None = None, metrics: ServerMetrics | None = None):
+                 generation_config: GenerationConfig | None = None, metrics: ServerMetrics | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE, prefix_cache: bool = True):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.generation_config = (generation_config or model.generation_config
@@ -141,40 +162,58 @@ class Engine:
                 raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {context} tokens")
             context = max_seq_len
         self.context_length = context
-        cfg = model.config
-        dtype_bytes = torch.empty((), dtype=model.dtype).element_size()
-        self.slot_bytes = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * context * dtype_bytes
-        slots = max_batch
+        self.block_size = block_size
+        self.block_bytes = model.kv_bytes_per_position() * block_size
+        blocks_per_sequence = -(-context // block_size)
+        num_blocks = max_batch * blocks_per_sequence
         if kv_cache_bytes is not None:
-            slots = min(max_batch, int(kv_cache_bytes) // self.slot_bytes)
-            if slots < 1:
+            num_blocks = min(num_blocks, int(kv_cache_bytes) // self.block_bytes)
+            if num_blocks < blocks_per_sequence:
+                need = blocks_per_sequence * self.block_bytes
                 raise ValueError(
                     f"a KV cache of {kv_cache_bytes / 2**30:.2f} GiB holds no sequence of {context} positions "
-                    f"({self.slot_bytes / 2**30:.2f} GiB each); give more memory or a smaller max_seq_len")
-        self.max_batch = slots
+                    f"({need / 2**30:.2f} GiB each); give more memory or a smaller max_seq_len")
+        self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
-        self.cache = model.new_cache(slots, context, per_row=True)
+        self.prefix_cache = prefix_cache
+        self.blocks = BlockManager(num_blocks, block_size, prefix_cache=prefix_cache)
+        self.scheduler = Scheduler(self.blocks, max_batch=max_batch, prefill_chunk=prefill_chunk)
+        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.cache = self.runner.cache
         self.device = model.device
         self.logits_device = model.lm_head.weight.device
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = model.config.vocab_size
         self.metrics = metrics or ServerMetrics()
-        self.metrics.add_gauge("baichuan_queue_depth", "Requests waiting for a batch slot", lambda: len(self._waiting))
-        self.metrics.add_gauge("baichuan_running_sequences", "Sequences holding a batch slot",
-                               lambda: len(self._running))
+        self.metrics.add_gauge("baichuan_queue_depth", "Requests waiting to be admitted",
+                               lambda: len(self.scheduler.waiting))
+        self.metrics.add_gauge("baichuan_running_sequences", "Sequences holding KV blocks",
+                               lambda: len(self.scheduler.running))
         self.metrics.add_gauge("baichuan_batch_size", "Sequences in the last decode step", lambda: self.last_batch)
-        self.metrics.add_gauge("baichuan_kv_cache_slots", "Slots of the KV cache (max batch)", lambda: self.max_batch)
-        self.metrics.add_gauge("baichuan_kv_cache_usage_ratio", "Fraction of the KV cache slots in use",
-                               lambda: len(self._running) / self.max_batch)
+        self.metrics.add_gauge("baichuan_max_batch", "Sequences running at once at most", lambda: self.max_batch)
+        self.metrics.add_gauge("baichuan_kv_cache_blocks", f"Blocks of the KV pool ({block_size} positions each)",
+                               lambda: self.blocks.num_blocks)
+        self.metrics.add_gauge("baichuan_kv_cache_usage_ratio", "Fraction of the KV blocks held by sequences",
+                               lambda: self.blocks.num_used / self.blocks.num_blocks)
+        self.metrics.add_gauge("baichuan_kv_cache_cached_blocks",
+                               "Blocks held by no sequence that keep a cached prefix (evicted when needed)",
+                               lambda: self.blocks.num_cached)
         self.last_batch = 0
         self._lock = threading.Condition()
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []  # _running[i].slot == i
-        self._by_id: dict[str, _Sequence] = {}
+        self._step_lock = threading.Lock()  # one step at a time (scheduler thread or callers of stream())
+        self._by_id: dict[str, _Request] = {}
         self._order = itertools.count()
         self._accepting = True
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    @property
+    def _waiting(self):
+        return self.scheduler.waiting
+
+    @property
+    def _running(self) -> list[_Request]:
+        return self.scheduler.running  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
@@ -209,10 +248,15 @@ class Engine:
             return not self._waiting and not self._running
 
     def stats(self) -> dict[str, int]:
-        """Requests waiting and running, slots, requests tracked, and cache rows holding keys (``filled_rows``)."""
+        """Requests waiting and running, the batch cap (``slots``), requests tracked, sequences holding KV blocks
+        (``filled_rows``), the pool's blocks (``blocks``, ``free_blocks``: including ``cached_blocks``, held by
+        no sequence but keeping a prefix), ``preemptions`` and ``prefix_cache_hit_tokens`` so far."""
         with self._lock:
             return {"waiting": len(self._waiting), "running": len(self._running), "slots": self.max_batch,
-                    "tracked": len(self._by_id), "filled_rows": int((self.cache.row_lengths > 0).sum())}
+                    "tracked": len(self._by_id), "filled_rows": sum(1 for s in self._running if s.block_table),
+                    "blocks": self.blocks.num_blocks, "free_blocks": self.blocks.num_free,
+                    "cached_blocks": self.blocks.num_cached, "preemptions": self.scheduler.preemptions,
+                    "prefix_cache_hit_tokens": self.blocks.hit_tokens}
 
     # ------------------------------------------------------------------ requests
     def new_token_budget(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
@@ -233,7 +277,8 @@ class Engine:
         return max_new_tokens
 
     def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
-               max_new_tokens: int | None = None, request_id: str | None = None) -> str:
+               max_new_tokens: int | None = None, request_id: str | None = None, *,
+               prefix_cache: bool = True, generator: torch.Generator | None = None) -> str:
         """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
 
         Args:
@@ -242,6 +287,9 @@ class Engine:
             config: sampling, eos and stop strings (default: the engine's ``generation_config``);
                 ``config.max_new_tokens`` is not used, see ``max_new_tokens``.
             max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`).
+            prefix_cache: False keeps this request out of the prefix cache (always off when the engine's is).
+            generator: where sampling draws from (default: a new generator seeded by ``config.seed``, else
+                randomly).
 
         Returns the request id (for :meth:`abort`). Raises ``ValueError`` for a bad prompt,
         :class:`~baichuan13b.model.ContextLengthError` when it does not fit, :class:`QueueFullError`,
@@ -255,8 +303,7 @@ class Engine:
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
         max_new = self.new_token_budget(len(prompt), max_new_tokens)
-        generator = None
-        if not cfg.greedy:
+        if not cfg.greedy and generator is None:
             generator = torch.Generator(device=self.logits_device)
             if cfg.seed is not None:
                 generator.manual_seed(cfg.seed)
@@ -266,8 +313,9 @@ class Engine:
         if cfg.repetition_penalty != 1.0:
             ids = torch.tensor([prompt], dtype=torch.long, device=self.logits_device)
             seen = seen_tokens(ids, None, self.vocab_size)  # [1, vocab]
-        seq = _Sequence(
-            id=request_id or uuid.uuid4().hex, order=next(self._order), prompt=prompt, config=cfg, max_new=max_new,
+        seq = _Request(
+            token_ids=prompt, prefix_cache=prefix_cache, id=request_id or uuid.uuid4().hex,
+            order=next(self._order), config=cfg, max_new=max_new,
             sink=sink, text=TextStream(self.tokenizer, cfg.eos_token_ids, cfg.stop_strings),
             sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
             generator=generator, seen=seen)
@@ -278,39 +326,46 @@ class Engine:
                 raise ValueError(f"request id {seq.id!r} is already in use")
             free = self.max_batch - len(self._running)
             if len(self._waiting) >= self.max_queue + max(0, free):
-                raise QueueFullError(f"all {self.max_batch} batch slots are busy and {len(self._waiting)} "
-                                     f"requests are waiting; retry later")
+                raise QueueFullError(f"{len(self._running)} requests are running (at most {self.max_batch}) and "
+                                     f"{len(self._waiting)} are waiting; retry later")
             if max_new == 0:  # nothing to generate (configured max_new_tokens of 0)
                 self._emit(seq, Event(finish_reason="length", prompt_tokens=len(prompt)))
                 return seq.id
-            self._waiting.append(seq)
+            self.scheduler.add(seq)
             self._by_id[seq.id] = seq
             self._lock.notify_all()
         return seq.id
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request (e.g. its client disconnected); its slot is freed at the start of the next iteration.
-        Returns False when it is unknown or already finished. No event is sent for an aborted request."""
+        """Stop a request (e.g. its client disconnected); its blocks are returned at the start of the next
+        iteration. Returns False when it is unknown or already finished. No event is sent for an aborted
+        request."""
         with self._lock:
             seq = self._by_id.get(request_id)
             if seq is None:
                 return False
             seq.aborted = True
-            if seq.slot < 0:  # still waiting: forget it now
-                self._waiting.remove(seq)
+            if seq not in self._running:  # still waiting (or preempted): forget it now
+                self.scheduler.remove(seq)
                 del self._by_id[seq.id]
                 self.metrics.finished.inc(1, "abort")
             self._lock.notify_all()
             return True
 
     def stream(self, prompt_ids: list[int], config: GenerationConfig | None = None,
-               max_new_tokens: int | None = None) -> Iterator[Event]:
+               max_new_tokens: int | None = None, **options: Any) -> Iterator[Event]:
         """Submit and iterate over the events from the calling thread; closing the iterator aborts the request.
-        A failed request raises its error."""
+        A failed request raises its error. ``options``: ``prefix_cache``, ``generator`` (see :meth:`submit`).
+
+        Without the scheduler thread the engine steps on the calling thread (several threads may do so: they
+        take turns, and each step advances every request).
+        """
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        request_id = self.submit(prompt_ids, events.put, config, max_new_tokens)
+        request_id = self.submit(prompt_ids, events.put, config, max_new_tokens, **options)
         try:
             while True:
+                while self._thread is None and events.empty():
+                    self.step()
                 event = events.get()
                 if event.error is not None:
                     raise event.error
@@ -319,88 +374,81 @@ class Engine:
                     return
         finally:
             self.abort(request_id)
+            if self._thread is None:
+                with self._lock:
+                    self._drop_aborted()
 
     # ------------------------------------------------------------------ scheduler
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._running and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    self._fail_all(EngineStoppedError("the server stopped before this request finished"))
+                    return
+            self.step()
+
+    def step(self) -> None:
+        """One scheduler iteration (the scheduler thread's loop body); a failure fails the running requests."""
+        with self._step_lock, torch.inference_mode():
+            start = time.perf_counter()
+            try:
+                self._step()
+            except Exception as e:  # a bug or a device error: fail what is in flight, keep serving
+                logger.exception("engine step failed; failing the %d running request(s)", len(self._running))
                 with self._lock:
-                    while not self._waiting and not self._running and not self._stopping:
-                        self._lock.wait()
-                    if self._stopping:
-                        self._fail_all(EngineStoppedError("the server stopped before this request finished"))
-                        return
-                start = time.perf_counter()
-                try:
-                    self._step()
-                except Exception as e:  # a bug or a device error: fail what is in flight, keep serving
-                    logger.exception("engine step failed; failing the %d running request(s)", len(self._running))
-                    with self._lock:
-                        for seq in list(self._running):
-                            self._finish(seq, error=e)
-                self.metrics.step_seconds.observe(time.perf_counter() - start)
+                    for seq in list(self._running):
+                        self._finish(seq, error=e)
+            self.metrics.step_seconds.observe(time.perf_counter() - start)
+
+    def _drop_aborted(self) -> None:
+        for seq in [s for s in self._running if s.aborted]:
+            self.metrics.finished.inc(1, "abort")
+            self._release(seq)
 
     def _step(self) -> None:
         with self._lock:
-            for seq in [s for s in self._running if s.aborted]:
-                self.metrics.finished.inc(1, "abort")
-                self._release(seq)
+            self._drop_aborted()
+            plan = self.scheduler.schedule()
             now = time.perf_counter()
-            while self._waiting and len(self._running) < self.max_batch:
-                seq = self._waiting.popleft()
-                seq.slot = len(self._running)
-                seq.admitted = now
-                self._running.append(seq)
-                self.metrics.queue_seconds.observe(now - seq.submitted)
-            running = list(self._running)
-        self._prefill([s for s in running if s.last_token is None])
-        self._decode()
-
-    def _prefill(self, pending: list[_Sequence]) -> None:
-        budget = self.prefill_chunk
-        ready: list[tuple[_Sequence, torch.Tensor]] = []
-        for seq in sorted(pending, key=lambda s: s.order):
-            if budget <= 0:
-                break
-            n = min(budget, len(seq.prompt) - seq.prefilled)
-            chunk = torch.tensor([seq.prompt[seq.prefilled: seq.prefilled + n]], dtype=torch.long, device=self.device)
+            for seq in plan.admitted:
+                self.metrics.prefix_cache_hit_tokens.inc(seq.num_cached)
+                if seq.admitted is None:  # (a preempted sequence was admitted before)
+                    seq.admitted = now
+                    self.metrics.queue_seconds.observe(now - seq.submitted)
+            if plan.preempted:
+                self.metrics.preemptions.inc(len(plan.preempted))
+                logger.info("preempted %d sequence(s): KV blocks ran out", len(plan.preempted))
+        seqs: list[_Request] = []
+        rows: list[torch.Tensor] = []
+        if plan.prefill:
             try:
-                logits = self.model(chunk, cache=self.cache.row(seq.slot), logits_to_keep=1).logits[:, -1]  # [1, V]
+                logits = self.runner.run(plan.prefill)  # [P, V]
             except Exception as e:
-                logger.exception("prefill failed for request %s", seq.id)
+                logger.exception("prefill failed for %d request(s)", len(plan.prefill))
                 with self._lock:
-                    self._finish(seq, error=e)
-                continue
-            seq.prefilled += n
-            budget -= n
-            self.metrics.prompt_tokens.inc(n)
-            if seq.prefilled == len(seq.prompt):
-                ready.append((seq, logits))
-        if ready:
-            seqs = [s for s, _ in ready]
-            self._accept_tokens(seqs, self._sample(seqs, torch.cat([lg for _, lg in ready])))
+                    for seq, _ in plan.prefill:
+                        self._finish(seq, error=e)
+            else:
+                self.scheduler.advance(plan.prefill)
+                self.metrics.prompt_tokens.inc(sum(n for _, n in plan.prefill))
+                for i, (seq, _) in enumerate(plan.prefill):
+                    if seq.num_pending == 0:  # prompt complete: sample the first token
+                        seqs.append(seq)
+                        rows.append(logits[i])
+        decoding = [s for s in plan.decode if not s.done]
+        if decoding:
+            logits = self.runner.run([(s, 1) for s in decoding])  # [n, V]
+            self.scheduler.advance([(s, 1) for s in decoding])
+            self.last_batch = len(decoding)
+            self.metrics.batch_size.observe(len(decoding))
+            seqs.extend(decoding)
+            rows.extend(logits)
+        if seqs:
+            self._accept_tokens(seqs, self._sample(seqs, torch.stack(rows)))
 
-    def _decode(self) -> None:
-        with self._lock:
-            running = list(self._running)
-        decoding = [s for s in running if s.last_token is not None and not s.done]
-        if not decoding:
-            return
-        n = len(running)
-        tokens = [s.last_token if s.last_token is not None else 0 for s in running]
-        placeholders = [s.slot for s in running if s.last_token is None]
-        view = self.cache.rows(0, n)
-        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # [n, 1]
-        logits = self.model(input_ids, cache=view, logits_to_keep=1).logits[:, -1]  # [n, V]
-        if placeholders:  # rows still in prefill: give back the slot the placeholder used
-            view.row_lengths[torch.tensor(placeholders, device=view.row_lengths.device)] -= 1
-        self.last_batch = len(decoding)
-        self.metrics.batch_size.observe(len(decoding))
-        if len(decoding) < n:  # keep the rows of decoding sequences (slot order, like ``decoding``)
-            logits = logits.index_select(0, torch.tensor([s.slot for s in decoding], device=logits.device))
-        self._accept_tokens(decoding, self._sample(decoding, logits))
-
-    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
+    def _sample(self, seqs: list[_Request], logits: torch.Tensor) -> list[int]:
         """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings."""
         groups: dict[tuple, list[int]] = {}
         for i, seq in enumerate(seqs):
@@ -423,9 +471,9 @@ class Engine:
             out[i] = v
         return out
 
-    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int]) -> None:
+    def _accept_tokens(self, seqs: list[_Request], tokens: list[int]) -> None:
         now = time.perf_counter()
-        finished: list[tuple[_Sequence, str, str]] = []
+        finished: list[tuple[_Request, str, str]] = []
         accepted = 0
         for seq, token in zip(seqs, tokens):
             if seq.aborted or seq.done:
@@ -445,7 +493,7 @@ class Engine:
                 text += seq.text.close()
                 reason = "length"
             else:
-                seq.last_token = token
+                seq.append(token)  # its keys and values are computed by the next decode step
             if reason is None:
                 self._emit(seq, Event(text=text, prompt_tokens=len(seq.prompt), completion_tokens=seq.generated))
             else:
@@ -458,14 +506,14 @@ class Engine:
                     self._finish(seq, reason=reason, text=text)
 
     # ------------------------------------------------------------------ bookkeeping (callers hold the lock)
-    def _emit(self, seq: _Sequence, event: Event) -> None:
+    def _emit(self, seq: _Request, event: Event) -> None:
         try:
             seq.sink(event)
         except Exception:  # the consumer is gone (e.g. its event loop closed): stop generating for it
             logger.exception("could not deliver an event of request %s; aborting it", seq.id)
             seq.aborted = True
 
-    def _finish(self, seq: _Sequence, reason: str | None = None, text: str = "",
+    def _finish(self, seq: _Request, reason: str | None = None, text: str = "",
                 error: BaseException | None = None) -> None:
         seq.done = True
         now = time.perf_counter()
@@ -479,30 +527,13 @@ class Engine:
         if not seq.aborted:
             self._emit(seq, Event(text=text, finish_reason=reason, error=error, prompt_tokens=len(seq.prompt),
                                   completion_tokens=seq.generated))
-        if seq.slot >= 0:
-            self._release(seq)
-        else:
-            self._by_id.pop(seq.id, None)
+        self._release(seq)
 
-    def _release(self, seq: _Sequence) -> None:
-        """Free ``seq``'s slot; the last occupied slot moves into it so that slots 0..n-1 stay occupied."""
-        i, last = seq.slot, len(self._running) - 1
-        lengths = self.cache.row_lengths
-        if i != last:
-            mover = self._running[last]
-            n = int(lengths[last])
-            for k, v in zip(self.cache.k, self.cache.v):  # each [slots, heads, max_len, head_dim]
-                k[i, :, :n] = k[last, :, :n]
-                v[i, :, :n] = v[last, :, :n]
-            lengths[i] = n
-            self._running[i] = mover
-            mover.slot = i
-        lengths[last] = 0
-        self._running.pop()
-        seq.slot = -1
+    def _release(self, seq: _Request) -> None:
+        """Forget ``seq`` and return its blocks (its full blocks stay in the prefix cache)."""
+        self.scheduler.remove(seq)
         self._by_id.pop(seq.id, None)
 
     def _fail_all(self, error: BaseException) -> None:
         for seq in list(self._running) + list(self._waiting):
             self._finish(seq, error=error)
-        self._waiting.clear()
