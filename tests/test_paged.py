@@ -293,3 +293,34 @@ def test_a_sequence_can_stay_out_of_the_prefix_cache():
     bm.free(a)
     bm.free(private)
     assert bm.num_cached == 3  # a's three full blocks; none of the private sequence's
+
+
+@pytest.mark.parametrize("name", ["alibi-8h", "rope-8h"])
+def test_logits_with_a_reused_prefix_equal_a_full_prefill(name):
+    """A prompt whose first blocks come from the prefix cache gets the logits of computing it whole (float32:
+    within rounding noise), at its last token and on the decode steps after it."""
+    model = make_model(name)
+    shared = list(range(10, 30))
+    first, second = shared + [40, 41, 42], shared + [50, 51, 52, 53]
+    results = []
+    for reuse in (True, False):
+        runner = ModelRunner(model, num_blocks=32, block_size=4)
+        bm = BlockManager(32, 4, prefix_cache=reuse)
+        a = seq(first)
+        bm.allocate(a)
+        runner.run([(a, len(a))])
+        computed(bm, a)
+        bm.free(a)
+        b = seq(second)
+        bm.allocate(b)
+        assert b.num_cached == (20 if reuse else 0)
+        logits = [runner.run([(b, b.num_pending)])]
+        computed(bm, b)
+        for t in (60, 61, 62):
+            b.append(t)
+            bm.append(b)
+            logits.append(runner.run([(b, 1)]))
+            computed(bm, b)
+        results.append(torch.cat(logits))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
+    assert torch.equal(results[0].argmax(-1), results[1].argmax(-1))
