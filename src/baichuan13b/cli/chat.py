@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p)
     p.add_argument("--system", default=None, help="system prompt (an extension: the official model has none)")
     p.add_argument("--no-stream", action="store_true", help="print whole answers instead of streaming")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="recompute the whole conversation every turn instead of reusing its cached keys and values")
 
 
 class ChatSession:
@@ -155,8 +157,10 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load(args)
     if is_demo(args.model or default_model()) and sys.stdin.isatty():
         print(DEMO_BANNER, flush=True)
-    session = ChatSession(model, tokenizer, sampling_overrides(args), system=args.system,
-                          stream=not args.no_stream)
+    overrides = sampling_overrides(args)
+    if args.no_prefix_cache:
+        overrides["prefix_cache"] = False  # a chat() argument next to the generation settings
+    session = ChatSession(model, tokenizer, overrides, system=args.system, stream=not args.no_stream)
     if model.tensor_parallel is not None:
         if not is_main_process():
             follow(session)

@@ -116,7 +116,7 @@ def answer(loaded: LoadedModel, prompt: str, settings: Settings, system: str, ma
         try:
             text = ""
             with closing(conversation().reply(loaded.model, loaded.tokenizer, prompt, system or None,
-                                              **overrides)) as stream:
+                                              prefix_cache=loaded.prefix_cache, **overrides)) as stream:
                 for text in stream:
                     show_text(placeholder, text + " ▌", markdown)
             show_text(placeholder, text, markdown)

@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p)
     p.add_argument("--system", default=None, help="initial system prompt (editable on the page)")
     p.add_argument("--title", default=None, help="page title (default: the model's name)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="recompute the whole conversation every turn instead of reusing its cached keys and values")
 
 
 class _PageArgumentParser(argparse.ArgumentParser):
@@ -178,6 +180,7 @@ class LoadedModel:
     facts: ModelFacts
     system: str | None
     title: str
+    prefix_cache: bool = True  # chat(prefix_cache=...): turn N reuses the cached turns 1..N-1
 
 
 def load_chat_model(argv: Sequence[str]) -> LoadedModel:
@@ -188,7 +191,7 @@ def load_chat_model(argv: Sequence[str]) -> LoadedModel:
     defaults = base.update(**sampling_overrides(args))
     facts = model_facts(model, args)
     return LoadedModel(model=model, tokenizer=tokenizer, defaults=defaults, facts=facts, system=args.system,
-                       title=args.title or facts.name)
+                       title=args.title or facts.name, prefix_cache=not args.no_prefix_cache)
 
 
 # ------------------------------------------------------------------------------------------------ settings
