@@ -91,19 +91,22 @@ class PagedKVCache:
         ``starts[b] ..`` through ``block_tables[b]`` (which must cover them).
 
         ``table_width`` pads every block table to that many entries and makes attention span all of them (fixed
-        shapes from step to step, as a captured CUDA graph needs); by default keys span the longest row.
+        shapes from step to step, as a captured CUDA graph needs); by default keys span the blocks of the longest row.
         """
         B, bs = len(block_tables), self.block_size
         if not (B == len(starts) == len(lengths)) or B == 0:
             raise ValueError("batch: one block table, start and length per row, at least one row")
         T = max(lengths)
         ends = [s + n for s, n in zip(starts, lengths)]
-        width = table_width or max(len(t) for t in block_tables)
-        if any(len(t) * bs < e for t, e in zip(block_tables, ends)) or any(len(t) > width for t in block_tables):
-            raise ValueError("batch: a block table does not cover its row's positions or exceeds table_width")
+        if any(len(t) * bs < e for t, e in zip(block_tables, ends)):
+            raise ValueError("batch: a block table does not cover its row's positions")
+        width = table_width or -(-max(ends) // bs)  # keys span whole blocks; those beyond a row's end are masked
+        if table_width and any(-(-e // bs) > width for e in ends):
+            raise ValueError(f"batch: a row needs more than table_width={table_width} blocks")
         table = torch.full((B, width), self.scratch, dtype=torch.long)  # [B, width]
-        for b, t in enumerate(block_tables):
-            table[b, : len(t)] = torch.tensor(list(t), dtype=torch.long)
+        for b, (t, e) in enumerate(zip(block_tables, ends)):
+            used = list(t[: min(len(t), width)])
+            table[b, : len(used)] = torch.tensor(used, dtype=torch.long)
         start = torch.tensor(list(starts), dtype=torch.long)[:, None]  # [B, 1]
         n = torch.tensor(list(lengths), dtype=torch.long)[:, None]  # [B, 1]
         t = torch.arange(T)[None, :]  # [1, T]
@@ -111,46 +114,54 @@ class PagedKVCache:
         positions = start + torch.minimum(t, n - 1)  # [B, T]; padded queries repeat the row's last position
         write = table.gather(1, positions // bs) * bs + positions % bs  # [B, T] flat pool slots
         write = torch.where(real, write, self.scratch * bs + t % bs)
-        S = width * bs if table_width else max(ends)
-        s = torch.arange(S)  # [S]
-        read = table[:, s // bs] * bs + s % bs  # [B, S]
-        return PagedBatch(self, positions, write, read, start[:, 0] + n[:, 0], n[:, 0] - 1)
+        batch = PagedBatch(self, positions, write, table, start[:, 0] + n[:, 0], n[:, 0] - 1)
+        row = table[0].tolist()
+        if B == 1 and row == list(range(row[0], row[0] + width)):  # one row in consecutive blocks: no gather
+            batch.first_block = row[0]
+        return batch
 
 
 class PagedBatch:
     """Addressing of one forward pass over a :class:`PagedKVCache`, shared by all layers.
 
-    ``positions`` [B, T] token positions of the queries, ``write_slots`` [B, T] and ``read_slots`` [B, S] flat
-    slots of the pool (``block * block_size + offset``), ``key_lengths`` [B]: keys ``0 .. key_lengths[b] - 1`` are
-    valid for row ``b``; ``last`` [B]: index of each row's last real query (its logits sample the next token).
+    ``positions`` [B, T] token positions of the queries, ``write_slots`` [B, T] flat slots of the pool
+    (``block * block_size + offset``) where their keys/values go, ``block_table`` [B, W] the blocks each row reads
+    (padded with the scratch block; keys span ``W * block_size`` positions), ``key_lengths`` [B]: keys
+    ``0 .. key_lengths[b] - 1`` are valid for row ``b``; ``last`` [B]: index of each row's last real query (its
+    logits sample the next token).
     """
 
     def __init__(self, cache: PagedKVCache, positions: torch.Tensor, write_slots: torch.Tensor,
-                 read_slots: torch.Tensor, key_lengths: torch.Tensor, last: torch.Tensor):
+                 block_table: torch.Tensor, key_lengths: torch.Tensor, last: torch.Tensor):
         self.cache = cache
-        self.positions, self.write_slots, self.read_slots = positions, write_slots, read_slots
+        self.positions, self.write_slots, self.block_table = positions, write_slots, block_table
         self.key_lengths, self.last = key_lengths, last
+        self.num_keys = block_table.shape[1] * cache.block_size
+        self.first_block: int | None = None  # set when one row reads consecutive blocks (a view, no copy)
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.layer(i)
 
-    def _slots(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on:  # once per device of a split model
-            self._on[device] = (self.write_slots.reshape(-1).to(device), self.read_slots.reshape(-1).to(device))
+            self._on[device] = (self.write_slots.reshape(-1).to(device), self.block_table.reshape(-1).to(device))
         return self._on[device]
 
     def write_and_read(self, k: torch.Tensor, v: torch.Tensor, k_pool: torch.Tensor,
                        v_pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new keys/values ``k``, ``v`` [B, H, T, D] into their slots of one layer's pool, then
-        gather every row's keys/values through its block table: [B, H, S, D]."""
+        gather every row's blocks: keys/values [B, H, S, D] with ``S = W * block_size``."""
         B, H, T, D = k.shape
-        write, read = self._slots(k.device)
-        k_flat = k_pool.view(-1, H, D)  # [(blocks + 1) * block_size, H, D]
-        v_flat = v_pool.view(-1, H, D)
-        k_flat.index_copy_(0, write, k.transpose(1, 2).reshape(B * T, H, D))
-        v_flat.index_copy_(0, write, v.transpose(1, 2).reshape(B * T, H, D))
-        S = self.read_slots.shape[1]
-        keys = k_flat.index_select(0, read).view(B, S, H, D).transpose(1, 2)  # [B, H, S, D]
-        values = v_flat.index_select(0, read).view(B, S, H, D).transpose(1, 2)
+        write, blocks = self._indices(k.device)
+        k_pool.view(-1, H, D).index_copy_(0, write, k.transpose(1, 2).reshape(B * T, H, D))
+        v_pool.view(-1, H, D).index_copy_(0, write, v.transpose(1, 2).reshape(B * T, H, D))
+        S, W = self.num_keys, self.block_table.shape[1]
+        if self.first_block is not None:
+            b0 = self.first_block
+            return (k_pool[b0: b0 + W].view(1, S, H, D).transpose(1, 2),
+                    v_pool[b0: b0 + W].view(1, S, H, D).transpose(1, 2))
+        # whole blocks at a time (contiguous block_size * H * D chunks): [B * W, bs, H, D] -> [B, H, S, D]
+        keys = k_pool.index_select(0, blocks).view(B, S, H, D).transpose(1, 2)
+        values = v_pool.index_select(0, blocks).view(B, S, H, D).transpose(1, 2)
         return keys, values

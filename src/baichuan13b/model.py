@@ -247,8 +247,7 @@ class BaichuanModel(nn.Module):
         longest = int(batch.key_lengths.max())  # host side: the batch was built there
         self._check_length(longest, T, longest - T)
         q_pos = batch.positions.to(device)  # [B, T]
-        S = batch.read_slots.shape[1]
-        k_pos = torch.arange(S, device=device)
+        k_pos = torch.arange(batch.num_keys, device=device)
         inputs = AttentionInputs(
             q_pos=q_pos,
             k_pos=k_pos,
