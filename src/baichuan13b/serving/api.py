@@ -304,6 +304,11 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
         if err.get("type") == "json_invalid":
             reason = ctx.get("error", "JSON decode error")
             return _json(400, error_body(f"the request body is not valid JSON: {reason}", code="invalid_json"))
+        if err.get("type") == "string_unicode":  # e.g. a field *name* holding a lone surrogate
+            where = ".".join(loc)
+            return _json(400, error_body(f"{where + ': ' if where else ''}the request holds text that is not valid "
+                                         "Unicode (a lone surrogate); send UTF-8 text", param=where or None,
+                                         code="invalid_value"))
         if not loc and "param" in ctx:  # a rule over several fields (e.g. exclusive fields)
             return _json(400, error_body(f"{ctx['param']}: {err.get('msg')}", param=ctx["param"],
                                          code="invalid_value"))
