@@ -331,7 +331,7 @@ def test_full_queue_is_refused_before_tokenising(loaded, monkeypatch):
     ("/v1/completions", "temperature", False),
     ("/v1/completions", "temperature", "0.5"),
     ("/v1/completions", "max_tokens", "10"),
-    ("/v1/completions", "max_tokens", 10.0),
+    ("/v1/completions", "max_tokens", 10.5),
     ("/v1/completions", "n", True),
     ("/v1/completions", "stream", "yes"),
     ("/v1/completions", "stream", 1),
@@ -353,10 +353,15 @@ def test_lax_types_are_refused_naming_the_field(server, path, field, value):
     assert err["param"].startswith(field) and field in err["message"], err
 
 
-def test_integers_are_accepted_for_floats(server):
+def test_numbers_are_taken_as_json_schema_defines_them(server):
+    """An integer is a number (a float field takes 1), and a number without a fraction is an integer (10.0)."""
     r = post(server, "/v1/completions", {"model": MODEL_NAME, "prompt": "ab", "max_tokens": 2, "temperature": 1,
                                          "top_p": 1, "repetition_penalty": 2})
     assert r.status_code == 200, r.text
+    r = post(server, "/v1/completions", {"model": MODEL_NAME, "prompt": [5.0, 6], "max_tokens": 2.0, "seed": 3.0,
+                                         "temperature": 0.5})
+    assert r.status_code == 200 and r.json()["usage"] == {"prompt_tokens": 2, "completion_tokens": 2,
+                                                           "total_tokens": 4}
 
 
 def test_schema_states_what_validation_refuses(server):
@@ -370,6 +375,11 @@ def test_schema_states_what_validation_refuses(server):
     assert chat["then"]["properties"]["stream"] == {"const": True}
     n = chat["properties"]["n"]
     assert (n["minimum"], n["maximum"]) == (1, 1)
+    # the served model's limits: token ids inside the vocabulary, max_tokens at most the context
+    ids = [m for m in prompt if m.get("items", {}).get("type") == "integer"][0]
+    assert (ids["items"]["minimum"], ids["items"]["maximum"]) == (0, server.engine.vocab_size - 1)
+    for name in ("max_tokens", "max_completion_tokens"):
+        assert chat["properties"][name]["anyOf"][0]["maximum"] == server.engine.context_length
     stop = [m for m in chat["properties"]["stop"]["anyOf"] if m.get("type") == "array"][0]
     assert stop["maxItems"] == 4 and stop["items"]["minLength"] == 1
 

@@ -44,6 +44,7 @@ from .protocol import (
     ErrorResponse,
     ModelList,
     error_body,
+    state_engine_limits,
 )
 
 logger = logging.getLogger("baichuan13b.serving")
@@ -287,6 +288,15 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
 
     app.state.drain = drain
     app.state.engine = engine
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema with this model's vocabulary and context in it (what validation refuses)."""
+        if app.openapi_schema is None:
+            state_engine_limits(fastapi_openapi(), engine.vocab_size, engine.context_length)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     # ------------------------------------------------------------------ errors, all in OpenAI's shape
     @app.exception_handler(APIError)

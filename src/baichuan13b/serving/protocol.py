@@ -3,8 +3,8 @@
 Requests are pydantic models, so the server's OpenAPI schema describes exactly what is accepted (lengths, ranges,
 exclusive fields). Every field the server would otherwise ignore is rejected instead (``extra="forbid"``): a
 setting is either honoured or refused, never silently dropped. Types are strict (``strict=True``): ``"0.5"``,
-``false`` or ``"yes"`` are not numbers or booleans, ``[true, false]`` is not a list of token ids; only an integer
-is accepted where a float is expected. Text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is
+``false`` or ``"yes"`` are not numbers or booleans, ``[true, false]`` is not a list of token ids. As JSON Schema
+says, an integer is a number (accepted for a float) and a number without a fraction (``10.0``) is an integer. Text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is
 refused in every field, naming it. ``top_k`` and ``repetition_penalty`` are accepted as extra fields (the OpenAI
 client sends them with ``extra_body={...}``).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..generation import GenerationConfig
@@ -37,7 +37,24 @@ def _valid_text(text: str) -> str:
 Text = Annotated[str, AfterValidator(_valid_text)]
 """A string that must be valid Unicode (no lone surrogates): what every text field of a request is."""
 NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_text)]
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" is any number without a fractional part: 10.0 is 10. Everything else (a string, a
+    # bool, 10.5) goes on to strict int validation, which refuses it.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _int_in(low: int, high: int) -> Any:
+    """A strict integer in ``[low, high]`` that, as JSON Schema defines integers, also accepts ``10.0`` (the
+    bounds are on the inner int, so that the schema states them)."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
+
+
+NewTokens = _int_in(1, INT32_MAX)
+TokenIds = Annotated[list[Annotated[int, Field(ge=0), BeforeValidator(_integral)]], Field(min_length=1)]
 
 
 class APIError(Exception):
@@ -104,18 +121,18 @@ class _SamplingRequest(BaseModel):
 
     model_config = _STRICT
     model: Text
-    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX, description="new tokens at most (default: the "
+    max_tokens: NewTokens | None = Field(None, description="new tokens at most (default: the "
                                    "model's generation_config.json, capped by the context)")
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
-    top_k: int | None = Field(None, ge=0, le=INT32_MAX, description="extension; 0 disables")
+    top_k: _int_in(0, INT32_MAX) | None = Field(None, description="extension; 0 disables")
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False, description="extension")
     stop: Union[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)],
                 Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]],
                           Field(max_length=MAX_STOP_STRINGS)], None] = Field(
         None, description=f"up to {MAX_STOP_STRINGS} stop strings of 1 to {MAX_STOP_LENGTH} characters")
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    n: int = Field(1, ge=1, le=1, description="only 1 is supported")
+    seed: _int_in(SEED_MIN, SEED_MAX) | None = None
+    n: _int_in(1, 1) = Field(1, description="only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = Field(None, description="only with stream=true")
     user: Text | None = Field(None, max_length=256, description="accepted for compatibility, recorded nowhere")
@@ -186,8 +203,7 @@ class ChatCompletionRequest(_SamplingRequest):
         "not": {"required": ["max_tokens", "max_completion_tokens"]},
         **_STREAM_OPTIONS_NEED_STREAM})
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX,
-                                              description="newer name of max_tokens (give one of them)")
+    max_completion_tokens: NewTokens | None = Field(None, description="newer name of max_tokens (give one of them)")
 
     @model_validator(mode="before")
     @classmethod
@@ -223,8 +239,8 @@ class CompletionRequest(_SamplingRequest):
             inner = prompt[0]
         if isinstance(inner, (str, list)) and not inner:
             raise ValueError("prompt is empty")
-        if isinstance(inner, list) and any(isinstance(t, bool) or not isinstance(t, int) for t in inner):
-            bad = next(t for t in inner if isinstance(t, bool) or not isinstance(t, int))
+        if isinstance(inner, list) and any(isinstance(t, bool) or not isinstance(_integral(t), int) for t in inner):
+            bad = next(t for t in inner if isinstance(t, bool) or not isinstance(_integral(t), int))
             raise ValueError(f"token ids must be integers, got {json.dumps(bad)}")
         if isinstance(inner, str):
             check_text(inner, "the prompt")
@@ -306,3 +322,27 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def state_engine_limits(schema: dict[str, Any], vocab_size: int, context_length: int) -> dict[str, Any]:
+    """Write the served model's limits into the OpenAPI ``schema`` (in place; returned): token ids below
+    ``vocab_size`` and ``max_tokens`` / ``max_completion_tokens`` at most ``context_length`` (more never fits)."""
+    def cap(node: Any, key: str, value: int) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                node[key] = value
+            for child in node.values():
+                cap(child, key, value)
+        elif isinstance(node, list):
+            for child in node:
+                cap(child, key, value)
+
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        properties = components.get(name, {}).get("properties", {})
+        if "prompt" in properties:
+            cap(properties["prompt"], "maximum", vocab_size - 1)
+        for field in ("max_tokens", "max_completion_tokens"):
+            if field in properties:
+                cap(properties[field], "maximum", context_length)
+    return schema
