@@ -63,6 +63,7 @@ _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, tex
     (429, "Queue full; retry after the Retry-After header's seconds"),
     (503, "Shutting down"),
 )}
+_GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 _STREAM_200 = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events with "
                      "stream=true"}}
 
@@ -122,8 +123,9 @@ class _Guard:
     """
 
     def __init__(self, app, *, api_key: str | None, max_bytes: int, draining: Callable[[], bool],
-                 read_timeout: float = DEFAULT_READ_TIMEOUT):
+                 read_timeout: float = DEFAULT_READ_TIMEOUT, check_room: Callable[[], None] = lambda: None):
         self.app, self.max_bytes, self.draining, self.read_timeout = app, max_bytes, draining, read_timeout
+        self.check_room = check_room  # raises QueueFullError when a generation request could not be queued
         self.api_key = None if api_key is None else api_key.encode("ascii")  # create_app checked it is ASCII
 
     def _authorised(self, headers: list[bytes]) -> bool:
@@ -152,6 +154,13 @@ class _Guard:
                                      "server_error", "shutting_down", {"Retry-After": "5", "Connection": "close"})
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
+        if path in _GENERATION_PATHS:  # a full queue is answered before the body is even read
+            try:
+                self.check_room()
+            except QueueFullError as e:
+                return await _send_error(send, 429, str(e), "rate_limit_error", "queue_full", {"Retry-After": "1"})
+            except EngineStoppedError as e:
+                return await _send_error(send, 503, str(e), "server_error", "shutting_down", {"Retry-After": "5"})
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type and content_type != b"application/json" and not content_type.endswith(b"+json"):
@@ -521,7 +530,7 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
 
     # Middleware: the last added is the outermost.
     app.add_middleware(_Guard, api_key=api_key, max_bytes=max_request_bytes, draining=lambda: state["draining"],
-                       read_timeout=read_timeout)
+                       read_timeout=read_timeout, check_room=lambda: engine.check_room(tokenizing["pending"]))
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
