@@ -61,6 +61,7 @@ _ERRORS = {status: {"model": ErrorResponse, "description": text} for status, tex
     (413, "Request body too large"),
     (415, "The body is not sent as application/json"),
     (429, "Queue full; retry after the Retry-After header's seconds"),
+    (500, "Generation failed for this request (a generic message; the error is in the server's log)"),
     (503, "Shutting down"),
 )}
 _GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
@@ -154,7 +155,7 @@ class _Guard:
                                      "server_error", "shutting_down", {"Retry-After": "5", "Connection": "close"})
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        if path in _GENERATION_PATHS:  # a full queue is answered before the body is even read
+        if scope["method"] == "POST" and path in _GENERATION_PATHS:  # a full queue: answered before reading the body
             try:
                 self.check_room()
             except QueueFullError as e:
@@ -499,7 +500,7 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
         return {"id": model_name, "object": "model", "created": created, "owned_by": owned_by}
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
-              responses={**_STREAM_200, **{s: _ERRORS[s] for s in (400, 401, 404, 413, 429, 503)}})
+              responses={**_STREAM_200, **{s: _ERRORS[s] for s in (400, 401, 404, 408, 413, 415, 429, 500, 503)}})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         """Answer a conversation (the official Baichuan chat prompt; a leading system message is an extension)."""
         check_model(body.model)
@@ -511,7 +512,7 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
         return await run(request, body, prompt, "chat")
 
     @app.post("/v1/completions", response_model=Completion,
-              responses={**_STREAM_200, **{s: _ERRORS[s] for s in (400, 401, 404, 413, 429, 503)}})
+              responses={**_STREAM_200, **{s: _ERRORS[s] for s in (400, 401, 404, 408, 413, 415, 429, 500, 503)}})
     async def completions(body: CompletionRequest, request: Request):
         """Continue a prompt given as text or as token ids."""
         check_model(body.model)
