@@ -136,3 +136,23 @@ def test_chat_stop_strings_cut_the_answer(chat_model):
     stop = full[2:4]
     cut = model.chat(tok, msgs, generation_config=model.generation_config.update(stop_strings=[stop]))
     assert cut == full[: full.find(stop)]
+
+
+def test_terminal_chat_refuses_undecodable_input_and_goes_on():
+    """`baichuan chat` reading lines that are not UTF-8 (or a --system that is not): a clear message, no traceback;
+    the other lines are answered."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    command = [sys.executable, "-m", "baichuan13b", "chat", "--model", "demo", "--no-progress", "--max-new-tokens",
+               "2"]
+    run = subprocess.run(command, input=b"hello\n\xff\xfe bad\n\xe4\xbd\xa0\xe5\xa5\xbd\n", capture_output=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    assert len(run.stdout.decode().split("\n")) == 4  # three answer lines (the refused one empty) and the end
+    assert "not valid Unicode" in run.stderr.decode() and "Traceback" not in run.stderr.decode()
+    bad_system = subprocess.run([*command, "--system", os.fsdecode(b"be \xff brief")], input=b"hi\n",
+                                capture_output=True, env=env, timeout=120)
+    assert bad_system.returncode == 2 and "--system is not valid Unicode" in bad_system.stderr.decode()
