@@ -112,7 +112,7 @@ EXTREMES = [
 
 def test_extreme_sampling_settings_are_answered_and_leave_other_streams_untouched(server, loaded):
     model, _ = loaded
-    with slowed(model, 0.01), GoodStreams(server, loaded) as good:
+    with slowed(model, 0.02), GoodStreams(server, loaded, max_tokens=100) as good:
         for settings in EXTREMES:
             for path, extra in (("/v1/completions", {"prompt": "ab"}), ("/v1/chat/completions", {"messages": USER})):
                 r = post(server, path, {"model": MODEL_NAME, "max_tokens": 8, **extra, **settings})
@@ -156,7 +156,7 @@ def test_a_failure_in_one_row_ends_that_request_alone(server, loaded, monkeypatc
     fail_for(where, monkeypatch)
     body = {"model": MODEL_NAME, "messages": USER, "max_tokens": 8, "temperature": 0, "stop": ["BOOM"],
             "stream": stream}
-    with slowed(model, 0.01), GoodStreams(server, loaded) as good:
+    with slowed(model, 0.02), GoodStreams(server, loaded) as good:
         r = post(server, "/v1/chat/completions", body)
     good.check()
     if stream:
@@ -510,7 +510,7 @@ def test_every_repro_leaves_concurrent_streams_untouched(server, loaded):
         ("/v1/completions", {"prompt": ""}, 400),
         ("/v1/chat/completions", {"messages": USER, "max_tokens": 3, "max_completion_tokens": 4}, 400),
     ]
-    with slowed(model, 0.01), GoodStreams(server, loaded, n=4, max_tokens=60) as good:
+    with slowed(model, 0.02), GoodStreams(server, loaded, n=4, max_tokens=60) as good:
         for path, extra, status in repros:
             r = post(server, path, {"model": MODEL_NAME, **extra})
             assert r.status_code == status, (extra, r.text)
