@@ -427,6 +427,8 @@ def test_more_than_one_authorization_header_is_refused(server):
     (["--keep-alive-timeout", "-1"], "--keep-alive-timeout"),
     (["--port", "0"], "--port"),
     (["--api-key", "naïve"], "--api-key"),
+    (["--served-model-name", "bad\udcff"], "--served-model-name"),
+    (["--served-model-name", ""], "--served-model-name"),
 ])
 def test_serve_flags_are_validated_before_loading(flags, flag, capsys, monkeypatch):
     from baichuan13b.cli import main, serve

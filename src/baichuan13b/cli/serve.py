@@ -55,6 +55,7 @@ def check_flags(args: argparse.Namespace) -> str | None:
     """Validate the serving flags before anything is loaded; return the API key (``--api-key``, else
     ``$BAICHUAN_API_KEY``, else None). Raises ``ValueError`` naming the flag."""
     from ..serving.api import check_api_key
+    from ..tokenizer import check_text
 
     def at_least(flag: str, value, low, allow_none: bool = False) -> None:
         if value is None and allow_none:
@@ -64,6 +65,10 @@ def check_flags(args: argparse.Namespace) -> str | None:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.served_model_name is not None:
+        check_text(args.served_model_name, "--served-model-name")
+        if not args.served_model_name:
+            raise ValueError("--served-model-name is empty")
     at_least("--max-request-bytes", args.max_request_bytes, 1)
     at_least("--max-batch", args.max_batch, 1)
     at_least("--max-queue", args.max_queue, 0)
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..serving import Engine
     from ..serving.api import create_app, serve
+    from ..tokenizer import check_text
 
     api_key = check_flags(args)
     origins = [o.strip() for o in (args.cors_origins or "").split(",") if o.strip()]
@@ -107,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
                     max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes)
-    name = args.served_model_name or display_name(args)
+    # Clients must be able to send the name back as JSON: no undecodable bytes (lone surrogates) from the shell.
+    name = check_text(args.served_model_name or display_name(args), "the served model name")
     if api_key is None and not _is_loopback(args.host):
         err(f"baichuan serve: warning: listening on {args.host} without an API key; anyone who can reach this "
             f"address can use the model (give --api-key)")
