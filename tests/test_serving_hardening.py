@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-import torch
 from serving_server import API_KEY, MODEL_NAME, RunningServer, build_chat_folder, load_float64, slowed
 
 from baichuan13b.chat import build_chat_input
