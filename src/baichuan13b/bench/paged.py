@@ -149,11 +149,17 @@ def figure_system_prompt(tok, clients: int = 32, system: int = 500, new: int = 3
             f"{on[1] * 1e3:.0f} vs {off[1] * 1e3:.0f} ms ({off[1] / on[1]:.2f}x faster) with vs without reuse"]
 
 
-def figure_eval(data_dir: Path, limit: int | None, batch_size: int) -> list[str]:
+def figure_eval(data_dir: Path, limit: int | None, batch_size: int, tokenizer: Path | None = None) -> list[str]:
     from ..evaluation import EvalSettings, evaluate
 
-    model = BaichuanForCausalLM.from_pretrained(DEMO_MODEL_DIR, progress=False)
-    tok = BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
+    if tokenizer is None:  # the demo model (512-token context: most prompts keep fewer than 5 shots)
+        model = BaichuanForCausalLM.from_pretrained(DEMO_MODEL_DIR, progress=False)
+        tok = BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
+        name = "demo model"
+    else:  # a random model of the demo shape with this tokenizer and a 4096-token context (all 5 shots fit)
+        tok = BaichuanTokenizer(tokenizer, pad_token="<unk>")
+        model = random_model(tok)
+        name = f"random demo-shaped model, {CONTEXT}-token context, tokenizer {tokenizer.name}"
     walls, accs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for reuse in (True, False):
@@ -166,7 +172,7 @@ def figure_eval(data_dir: Path, limit: int | None, batch_size: int) -> list[str]
             accs[reuse] = {s: v["accuracy"] for s, v in t["subjects"].items()}
             n = t["questions"]
     same = accs[True] == accs[False]
-    return [f"4. CMMLU 5-shot test, demo model, {len(accs[True])} subjects, {n} questions"
+    return [f"4. CMMLU 5-shot test, {name}, {len(accs[True])} subjects, {n} questions"
             f"{f' (first {limit} per subject)' if limit else ''}, batch {batch_size}: {walls[True]:.1f} s with "
             f"vs {walls[False]:.1f} s without reuse = {walls[False] / walls[True]:.2f}x faster; per-subject "
             f"accuracy identical: {same}"]
@@ -179,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="folder with cmmlu/ in the official layout (figure 4)")
     p.add_argument("--eval-limit", type=int, default=None, help="questions per CMMLU subject (default: all)")
     p.add_argument("--eval-batch-size", type=int, default=4)
+    p.add_argument("--eval-tokenizer", type=Path, default=None,
+                   help="figure 4 with a random 4096-context model and this tokenizer.model instead of the demo")
     args = p.parse_args(argv)
     figures = {int(f) for f in args.figures.split(",") if f.strip()}
     tok = BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
@@ -187,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for number, run in ((1, lambda: figure_capacity(tok)), (2, lambda: figure_multi_turn(tok)),
                             (3, lambda: figure_system_prompt(tok)),
-                            (4, lambda: figure_eval(args.eval_data, args.eval_limit, args.eval_batch_size))):
+                            (4, lambda: figure_eval(args.eval_data, args.eval_limit, args.eval_batch_size,
+                                                    args.eval_tokenizer))):
             if number in figures:
                 start = time.perf_counter()
                 for line in run():
