@@ -39,7 +39,7 @@ def _merged(args: argparse.Namespace, out) -> None:
     from ..training.lora import merge_lora
     from .common import load
 
-    model, tokenizer = load(args)
+    model, tokenizer = load(args, for_inference=False)
     merged = merge_lora(model)
     model.config.torch_dtype = args.save_dtype or str(model.dtype).removeprefix("torch.")
     model.save_pretrained(out, max_shard_size=args.max_shard_size, dtype=args.save_dtype,
