@@ -143,7 +143,7 @@ def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
             rows[p].llama_weight_bytes = gguf_weight_bytes(files[p])
         bandwidth = copy_bandwidth(device)
         print(f"CPU, {threads} threads, torch {torch.__version__}, copy bandwidth {bandwidth:.1f} GB/s "
-              f"(read + written; one-way weight reads can reach about {bandwidth / 2:.1f}); batch 1, decode "
+              f"(read + written, the roofline's bandwidth as in `baichuan bench`); batch 1, decode "
               f"{gen_len} tokens after {args.prompt_len}, prefill {args.prefill_len}; best of {args.rounds} "
               "alternating rounds", flush=True)
         for rnd in range(args.rounds):
@@ -164,14 +164,14 @@ def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
                 print(f"  round {rnd + 1} {p:5s}: ours {res.tokens_per_s:7.1f} tok/s, llama.cpp {decode:7.1f}",
                       flush=True)
         lm_head = "lm_head quantized" if args.quantize_lm_head else "lm_head in bf16 (llama.cpp: quantized)"
-        print(f"\n| ours / llama.cpp | decode tok/s | ratio | GB/s (% of copy/2) | prefill {args.prefill_len} tok/s | ratio |")
+        print(f"\n| ours / llama.cpp | decode tok/s | ratio | GB/s (% of copy bandwidth) | prefill {args.prefill_len} tok/s | ratio |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in rows.values():
             ours_gbs = r.ours_weight_bytes * r.ours_decode / 1e9
             llama_gbs = r.llama_weight_bytes * r.llama_decode / 1e9
             print(f"| {r.precision} / {r.gguf_type} | {r.ours_decode:.1f} / {r.llama_decode:.1f} | "
-                  f"{r.decode_ratio:.2f}x | {ours_gbs:.1f} ({200 * ours_gbs / bandwidth:.0f}%) / {llama_gbs:.1f} "
-                  f"({200 * llama_gbs / bandwidth:.0f}%) | {r.ours_prefill:.0f} / {r.llama_prefill:.0f} | "
+                  f"{r.decode_ratio:.2f}x | {ours_gbs:.1f} ({100 * ours_gbs / bandwidth:.0f}%) / {llama_gbs:.1f} "
+                  f"({100 * llama_gbs / bandwidth:.0f}%) | {r.ours_prefill:.0f} / {r.llama_prefill:.0f} | "
                   f"{r.prefill_ratio:.2f}x |")
         if any(PRECISIONS[p][1] for p in precisions):
             print(f"(int8/int4: {lm_head})")
