@@ -83,3 +83,10 @@ def test_chat_commands_load_packed_unless_disabled():
     model, _ = load(parser.parse_args(["generate", "--model", "demo", "--no-progress", "--prompt", "x",
                                        "--no-prepack"]))
     assert type(model.lm_head) is nn.Linear
+
+
+def test_compiled_decoding_refuses_packed_weights_with_the_fix():
+    _, packed = _pair(torch.float32)
+    pack_linear_weights(packed)
+    with pytest.raises(ValueError, match="unpack_linear_weights"):
+        packed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, compile=True)

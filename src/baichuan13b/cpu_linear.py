@@ -11,7 +11,8 @@ GEMVs on this kind of machine (see docs/performance.md).
 :func:`pack_linear_weights` swaps the model's plain ``nn.Linear`` modules (float32 / bfloat16, on CPU) for
 :class:`PackedLinear` in place; the packed weight *replaces* the plain one (no second copy in memory).
 ``state_dict`` still holds the plain weights under the official names, so saving works unchanged.
-:func:`unpack_linear_weights` restores ``nn.Linear`` (e.g. before training or moving the model to a GPU).
+:func:`unpack_linear_weights` restores ``nn.Linear`` (e.g. before training, moving the model to a GPU, or
+``torch.compile``, which cannot trace the packed layout: compiled decoding refuses packed models).
 """
 
 from __future__ import annotations
@@ -108,6 +109,11 @@ def pack_linear_weights(model: nn.Module) -> int:
         setattr(parent, name, PackedLinear(child))
         count += 1
     return count
+
+
+def has_packed_weights(model: nn.Module) -> bool:
+    """Whether any module of ``model`` is a :class:`PackedLinear` (``torch.compile`` cannot trace those)."""
+    return any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 def unpack_linear_weights(model: nn.Module) -> int:
