@@ -39,7 +39,7 @@ def test_float32_packed_logits_close_and_state_dict_plain(tmp_path):
     plain, packed = _pair(torch.float32)
     pack_linear_weights(packed)
     ids = torch.randint(3, 128, (1, 7), generator=torch.Generator().manual_seed(1))
-    for n in (1, 7):  # a single-row product (packed kernel) and a prefill (dense GEMM)
+    for n in (1, 7):  # a single-row product and a prefill
         torch.testing.assert_close(packed(ids[:, :n]).logits, plain(ids[:, :n]).logits, rtol=1e-5, atol=1e-5)
     sd, ref = packed.state_dict(), plain.state_dict()
     assert sd.keys() == ref.keys()
@@ -90,3 +90,15 @@ def test_compiled_decoding_refuses_packed_weights_with_the_fix():
     pack_linear_weights(packed)
     with pytest.raises(ValueError, match="unpack_linear_weights"):
         packed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, compile=True)
+
+
+def test_other_input_dtypes_and_autograd_fall_back_to_a_dense_product():
+    lin = nn.Linear(32, 48, bias=False).to(torch.bfloat16)
+    packed = PackedLinear(lin)
+    x = torch.randn(3, 32)  # float32 input for a bfloat16 layer
+    y = packed(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, lin(x.bfloat16()).float())
+    xg = torch.randn(2, 32, dtype=torch.bfloat16, requires_grad=True)
+    packed(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == xg.shape

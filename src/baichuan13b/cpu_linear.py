@@ -22,9 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
-# Rows per call up to which the packed GEMV kernel runs; longer inputs (prefill) use a dense GEMM instead, for
-# which oneDNN prefers its own per-shape layout (the reorder back costs little next to the GEMM).
-DECODE_ROWS = 16
 
 
 def packing_available() -> bool:
@@ -50,10 +47,11 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [M, K]
-        if x2.shape[0] <= DECODE_ROWS and x2.dtype == self.weight.dtype and not x2.requires_grad:
+        if x2.dtype == self.weight.dtype and not x2.requires_grad:
+            # Any row count: the one-row layout is as fast as PyTorch's for prefills too (512 rows: equal).
             y = torch.ops.mkldnn._linear_pointwise(x2, self.weight, None, "none", [], "")
-        else:
-            y = F.linear(x2, self.weight.to_dense())
+        else:  # another input dtype, or autograd: a dense copy (slow: a full reorder per call)
+            y = F.linear(x2.to(self.weight.dtype), self.weight.to_dense()).to(x2.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)  # [..., N]
 
     def to_linear(self) -> nn.Linear:
