@@ -92,3 +92,17 @@ def test_against_llama_cpp_end_to_end(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [row["gguf_type"] for row in rows] == ["bf16", "q8_0"]
     assert all(row["llama_decode"] > 0 and row["ours_decode"] > 0 and row["llama_prefill"] > 0 for row in rows)
+
+
+def test_int4_group_size_for_the_llama_cpp_comparison_divides_every_layer():
+    import argparse
+
+    import pytest
+
+    from baichuan13b.bench.llama_cpp import _int4_group_size
+
+    args = argparse.Namespace(group_size=128)
+    assert _int4_group_size(args, ModelConfig.from_name("baichuan-232m")) == 64  # intermediate 2752 = 43 * 64
+    assert _int4_group_size(args, ModelConfig.from_name("baichuan-13b")) == 128
+    with pytest.raises(ValueError, match="no group size"):
+        _int4_group_size(args, ModelConfig(hidden_size=80, intermediate_size=176, num_attention_heads=5))

@@ -111,6 +111,26 @@ def _source_folder(args: argparse.Namespace, tmp: Path) -> Path:
     return folder
 
 
+def _source_config(args: argparse.Namespace):
+    from ..config import ModelConfig
+    from .speed import config_from_spec
+
+    return ModelConfig.from_pretrained(args.model) if args.model else \
+        config_from_spec(args.random_weights or "baichuan-232m")
+
+
+def _int4_group_size(args: argparse.Namespace, config) -> int:
+    """``--group-size`` when it divides every layer's input width, else the largest of 128 / 64 / 32 that does
+    (q4_0 itself uses blocks of 32); an error when none does."""
+    widths = (config.hidden_size, config.intermediate_size)
+    for g in (args.group_size, 128, 64, 32):
+        if all(w % g == 0 for w in widths):
+            if g != args.group_size:
+                print(f"int4: group size {g} (--group-size {args.group_size} does not divide {widths})", flush=True)
+            return g
+    raise ValueError(f"int4: no group size of 32/64/128 divides the layer widths {widths}; drop int4 from --precisions")
+
+
 def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
     """``baichuan bench --against-llama-cpp``: print the side-by-side table (and write ``--json``)."""
     from ..checkpoint import atomic_write_text
@@ -129,6 +149,8 @@ def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
         raise ValueError(f"--precisions: unknown {unknown}; choose from {', '.join(PRECISIONS)}")
     if args.device not in (None, "cpu"):
         raise ValueError("--against-llama-cpp compares CPU decoding: leave --device unset or cpu")
+    if "int4" in precisions:
+        args.group_size = _int4_group_size(args, _source_config(args))
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     device = torch.device("cpu")
