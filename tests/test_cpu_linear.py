@@ -102,3 +102,14 @@ def test_other_input_dtypes_and_autograd_fall_back_to_a_dense_product():
     xg = torch.randn(2, 32, dtype=torch.bfloat16, requires_grad=True)
     packed(xg).sum().backward()
     assert xg.grad is not None and xg.grad.shape == xg.shape
+
+
+def test_packing_frees_the_plain_weights():
+    import gc
+    import weakref
+
+    _, packed = _pair(torch.bfloat16)
+    refs = [weakref.ref(m.weight) for m in packed.modules() if type(m) is nn.Linear]
+    pack_linear_weights(packed)
+    gc.collect()
+    assert refs and all(r() is None for r in refs)  # no second copy of the model stays in memory

@@ -105,6 +105,7 @@ def pack_linear_weights(model: nn.Module) -> int:
         if tied and name == "lm_head":
             continue
         setattr(parent, name, PackedLinear(child))
+        child.weight = None  # the plain copy is freed now, not when the loop ends: peak memory stays one model
         count += 1
     return count
 
