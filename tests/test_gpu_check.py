@@ -30,11 +30,16 @@ def test_smoke_run_writes_every_section(tmp_path):
 
 def test_a_failing_or_slow_section_does_not_lose_the_others():
     check = Check(budget_s=60)
-    check.section("boom", 10, lambda: 1 / 0)
-    check.section("slow", 1, lambda: __import__("time").sleep(5) or {})
-    check.section("fine", 10, lambda: {"x": 1})
+    def slow(out):
+        out["first"] = 1  # filled before the timeout: kept in the report
+        __import__("time").sleep(5)
+
+    check.section("boom", 10, lambda out: 1 / 0)
+    check.section("slow", 1, slow)
+    check.section("fine", 10, lambda out: out.update(x=1))
     assert check.results["boom"]["status"] == "error" and "ZeroDivisionError" in check.results["boom"]["error"]
     assert check.results["slow"]["status"] == "error" and "limit" in check.results["slow"]["error"]
+    assert check.results["slow"]["first"] == 1
     assert check.results["fine"] == {"status": "ok", "x": 1, "seconds": check.results["fine"]["seconds"]}
     with pytest.raises(SectionTimeout):
         with time_limit(0.2):
@@ -43,5 +48,5 @@ def test_a_failing_or_slow_section_does_not_lose_the_others():
 
 def test_sections_past_the_budget_are_skipped():
     check = Check(budget_s=5)
-    check.section("late", 100, lambda: {"x": 1})
+    check.section("late", 100, lambda out: out.update(x=1))
     assert check.results["late"]["status"] == "skipped"

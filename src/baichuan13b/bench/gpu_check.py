@@ -72,18 +72,22 @@ class Check:
         self.deadline = time.monotonic() + budget_s
         self.results: dict[str, Any] = {}
 
-    def section(self, name: str, limit_s: float, fn: Callable[[], dict]) -> None:
+    def section(self, name: str, limit_s: float, fn: Callable[[dict], None]) -> None:
+        """Run ``fn(out)``, which fills ``out`` as it goes: what it filled before an error or timeout is kept."""
         left = self.deadline - time.monotonic()
         started = time.monotonic()
         if left < min(limit_s, 20):
             self.results[name] = {"status": "skipped", "reason": f"{left:.0f} s left of the budget"}
         else:
+            out: dict[str, Any] = {"status": "running"}
+            self.results[name] = out
             try:
                 with time_limit(min(limit_s, left)):
-                    self.results[name] = {"status": "ok", **fn()}
+                    fn(out)
+                out["status"] = "ok"
             except (Exception, SectionTimeout) as e:  # recorded in the report with its traceback; the next
-                self.results[name] = {"status": "error", "error": f"{type(e).__name__}: {e}",
-                                      "traceback": traceback.format_exc(limit=8)}  # section still runs
+                out.update(status="error", error=f"{type(e).__name__}: {e}",  # section still runs
+                           traceback=traceback.format_exc(limit=8))
             finally:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -98,10 +102,10 @@ def _gb(n: int | float) -> float:
     return round(n / 1e9, 2)
 
 
-def environment(device: torch.device) -> dict:
+def environment(info: dict, device: torch.device) -> None:
     from .speed import copy_bandwidth
 
-    info = {"torch": torch.__version__, "device": str(device), "python": sys.version.split()[0]}
+    info.update(torch=torch.__version__, device=str(device), python=sys.version.split()[0])
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, cuda=torch.version.cuda, memory_gb=_gb(props.total_memory),
@@ -109,7 +113,6 @@ def environment(device: torch.device) -> dict:
     else:
         info.update(name="CPU", threads=torch.get_num_threads())
     info["copy_bandwidth_gbs"] = round(copy_bandwidth(device), 1)
-    return info
 
 
 def _config(preset: str, smoke: bool, **overrides):
@@ -121,15 +124,15 @@ def _config(preset: str, smoke: bool, **overrides):
     return ModelConfig.from_name(preset, **overrides)
 
 
-def correctness(device: torch.device, smoke: bool) -> dict:
+def correctness(out: dict, device: torch.device, smoke: bool) -> None:
     """Eager vs compiled (CUDA-graph) greedy tokens; float16 / bfloat16 logits vs float32."""
     import torch.nn.functional as F
 
     from ..generation import stream_tokens
     from .speed import random_model
 
-    cfg = _config("baichuan-232m", smoke)
-    out: dict[str, Any] = {"shape": f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers"}
+    cfg = _config("baichuan-232m", smoke, num_hidden_layers=4)  # 4 layers: a short compile
+    out["shape"] = f"hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers"
     ids = torch.randint(3, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
     ref = random_model(cfg, torch.float32, device)
     with torch.inference_mode():
@@ -151,16 +154,16 @@ def correctness(device: torch.device, smoke: bool) -> dict:
     else:
         out["eager_equals_cuda_graph"] = None  # no CUDA graphs on CPU
         out["tokens_compared"] = int(eager.numel())
-    return out
 
 
-def decode_speed(device: torch.device, preset: str, modes: list[str], smoke: bool, gen_len: int,
-                 bandwidth: float | None, compile: bool) -> dict:
+def decode_speed(out: dict, device: torch.device, preset: str, modes: list[str], smoke: bool, gen_len: int,
+                 bandwidth: float | None, compile: bool) -> None:
     """Batch-1 decode per mode (fp16 / int8 / int4) on random weights of ``preset``; one model alive at a time."""
     from .speed import measure, random_model
 
     cfg = _config(preset, smoke)
-    rows = {}
+    out.update(shape=preset if not smoke else f"{preset} (smoke: tiny)", gen_len=gen_len, rows={})
+    rows = out["rows"]
     for mode in modes:
         try:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -174,7 +177,8 @@ def decode_speed(device: torch.device, preset: str, modes: list[str], smoke: boo
                 weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
             r = measure(model, name=preset, gen_len=gen_len, compile=compile, bandwidth_gbs=bandwidth,
                         quantize=None if mode == "fp16" else mode)
-            rows[mode] = {"tokens_per_s": round(r.tokens_per_s, 1), "percent_of_roofline": round(r.percent_of_roofline, 1),
+            rows[mode] = {"tokens_per_s": round(r.tokens_per_s, 1),
+                          "percent_of_roofline": round(r.percent_of_roofline, 1),
                           "roofline_tokens_per_s": round(r.roofline_tokens_per_s, 1),
                           "achieved_gbs": round(r.achieved_gbs, 1), "weights_gb": _gb(weights),
                           "peak_gb": _gb(r.peak_memory_bytes), "seed_gb": SEED_MEMORY_GB.get(mode),
@@ -189,10 +193,9 @@ def decode_speed(device: torch.device, preset: str, modes: list[str], smoke: boo
         for mode in ("int8", "int4"):
             if "tokens_per_s" in rows.get(mode, {}):
                 rows[mode]["speedup_vs_fp16"] = round(rows[mode]["tokens_per_s"] / rows["fp16"]["tokens_per_s"], 2)
-    return {"shape": preset if not smoke else f"{preset} (smoke: tiny)", "gen_len": gen_len, "rows": rows}
 
 
-def serving(device: torch.device, smoke: bool, concurrency: list[int], new_tokens: int) -> dict:
+def serving(out: dict, device: torch.device, smoke: bool, concurrency: list[int], new_tokens: int) -> None:
     """Aggregate tokens/s of the continuous-batching engine with ``c`` concurrent requests, for each ``c``."""
     from ..checkpoint import DEMO_MODEL_DIR
     from ..serving.engine import Engine
@@ -205,8 +208,8 @@ def serving(device: torch.device, smoke: bool, concurrency: list[int], new_token
     if tok.vocab_size < cfg.vocab_size:  # every generated id must be decodable by the engine's text stream
         cfg = _config("baichuan-13b", smoke, vocab_size=tok.vocab_size)
     model = random_model(cfg, torch.float16 if device.type == "cuda" else torch.float32, device)
-    out: dict[str, Any] = {"shape": f"baichuan-13b{' (smoke: tiny)' if smoke else ''}, vocab {cfg.vocab_size}",
-                           "new_tokens": new_tokens, "levels": {}}
+    out.update(shape=f"baichuan-13b{' (smoke: tiny)' if smoke else ''}, vocab {cfg.vocab_size}",
+               new_tokens=new_tokens, levels={})
     engine = Engine(model, tok, max_batch=max(concurrency), max_seq_len=64 + new_tokens).start()
     try:
         for c in concurrency:
@@ -233,7 +236,6 @@ def serving(device: torch.device, smoke: bool, concurrency: list[int], new_token
                                      "wall_s": round(wall, 2), "errors": errors[:3]}
     finally:
         engine.stop()
-    return out
 
 
 def markdown(results: dict) -> str:
@@ -290,17 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     check = Check(args.budget)
     check.results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     check.results["smoke"] = args.smoke
-    limits = dict(env=30, correctness=90, b13=210, llama=80, serving=100) if not args.smoke else \
+    limits = dict(env=30, correctness=100, b13=200, llama=70, serving=90) if not args.smoke else \
         dict(env=30, correctness=60, b13=60, llama=60, serving=60)
-    check.section("environment", limits["env"], lambda: environment(device))
+    check.section("environment", limits["env"], lambda out: environment(out, device))
     bandwidth = check.results["environment"].get("copy_bandwidth_gbs")
-    check.section("correctness", limits["correctness"], lambda: correctness(device, args.smoke))
-    check.section("baichuan-13b", limits["b13"], lambda: decode_speed(device, "baichuan-13b", ["fp16", "int8", "int4"],
-                                                                      args.smoke, gen_len, bandwidth, compile))
-    check.section("llama-13b", limits["llama"], lambda: decode_speed(device, "llama-13b", ["fp16"], args.smoke,
-                                                                     gen_len, bandwidth, compile))
-    check.section("serving", limits["serving"], lambda: serving(device, args.smoke, [8, 32],
-                                                                new_tokens=8 if args.smoke else 128))
+    check.section("correctness", limits["correctness"], lambda out: correctness(out, device, args.smoke))
+    check.section("baichuan-13b", limits["b13"], lambda out: decode_speed(
+        out, device, "baichuan-13b", ["fp16", "int8", "int4"], args.smoke, gen_len, bandwidth, compile))
+    check.section("llama-13b", limits["llama"], lambda out: decode_speed(
+        out, device, "llama-13b", ["fp16"], args.smoke, gen_len, bandwidth, compile))
+    check.section("serving", limits["serving"], lambda out: serving(
+        out, device, args.smoke, [8, 32], new_tokens=8 if args.smoke else 128))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu-check.json").write_text(json.dumps(check.results, indent=2) + "\n")

@@ -186,7 +186,8 @@ def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
                 print(f"  round {rnd + 1} {p:5s}: ours {res.tokens_per_s:7.1f} tok/s, llama.cpp {decode:7.1f}",
                       flush=True)
         lm_head = "lm_head quantized" if args.quantize_lm_head else "lm_head in bf16 (llama.cpp: quantized)"
-        print(f"\n| ours / llama.cpp | decode tok/s | ratio | GB/s (% of copy bandwidth) | prefill {args.prefill_len} tok/s | ratio |")
+        print(f"\n| ours / llama.cpp | decode tok/s | ratio | GB/s (% of copy bandwidth) | "
+              f"prefill {args.prefill_len} tok/s | ratio |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in rows.values():
             ours_gbs = r.ours_weight_bytes * r.ours_decode / 1e9
