@@ -37,7 +37,8 @@ def test_bfloat16_packed_decoding_is_identical(arch):
 
 def test_float32_packed_logits_close_and_state_dict_plain(tmp_path):
     plain, packed = _pair(torch.float32)
-    pack_linear_weights(packed)
+    assert pack_linear_weights(packed) == 0  # float32 is packed on request only
+    pack_linear_weights(packed, dtypes=(torch.float32,))
     ids = torch.randint(3, 128, (1, 7), generator=torch.Generator().manual_seed(1))
     for n in (1, 7):  # a single-row product and a prefill
         torch.testing.assert_close(packed(ids[:, :n]).logits, plain(ids[:, :n]).logits, rtol=1e-5, atol=1e-5)
@@ -52,7 +53,7 @@ def test_float32_packed_logits_close_and_state_dict_plain(tmp_path):
 
 def test_unpack_restores_trainable_plain_linears():
     plain, packed = _pair(torch.float32)
-    pack_linear_weights(packed)
+    pack_linear_weights(packed, dtypes=(torch.float32,))
     assert unpack_linear_weights(packed) == 11
     assert all(type(m) is not PackedLinear for m in packed.modules())
     assert type(packed.model.layers[0].mlp.up_proj) is nn.Linear
@@ -65,10 +66,12 @@ def test_unpack_restores_trainable_plain_linears():
 
 def test_skips_what_cannot_be_packed():
     tied, _ = _pair(torch.float32, tie_word_embeddings=True)
-    pack_linear_weights(tied)
+    pack_linear_weights(tied, dtypes=(torch.float32,))
     assert type(tied.lm_head) is nn.Linear  # shares the embedding table
-    half = BaichuanForCausalLM.from_config(tiny_config(), seed=0, dtype=torch.float64)
-    assert pack_linear_weights(half) == 0  # float64 (the parity tests' dtype) is never packed
+    double = BaichuanForCausalLM.from_config(tiny_config(), seed=0, dtype=torch.float64)
+    assert pack_linear_weights(double, dtypes=(torch.float32,)) == 0  # float64 (the parity tests') never is
+    with pytest.raises(ValueError, match="cannot be packed"):
+        pack_linear_weights(double, dtypes=(torch.float64,))
     q = BaichuanForCausalLM.from_config(tiny_config(), seed=0, dtype=torch.bfloat16).quantize(8)
     assert pack_linear_weights(q) == 1  # only the float lm_head; int8 layers keep their own kernel
 
@@ -78,15 +81,17 @@ def test_chat_commands_load_packed_unless_disabled():
     from baichuan13b.cli.common import load
 
     parser = build_parser()
-    model, _ = load(parser.parse_args(["generate", "--model", "demo", "--no-progress", "--prompt", "x"]))
+    base = ["generate", "--model", "demo", "--no-progress", "--prompt", "x"]
+    model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16"]))
     assert isinstance(model.lm_head, PackedLinear)
-    model, _ = load(parser.parse_args(["generate", "--model", "demo", "--no-progress", "--prompt", "x",
-                                       "--no-prepack"]))
+    model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16", "--no-prepack"]))
+    assert type(model.lm_head) is nn.Linear
+    model, _ = load(parser.parse_args(base))  # the demo's float32: plain (not faster packed)
     assert type(model.lm_head) is nn.Linear
 
 
 def test_compiled_decoding_refuses_packed_weights_with_the_fix():
-    _, packed = _pair(torch.float32)
+    _, packed = _pair(torch.bfloat16)
     pack_linear_weights(packed)
     with pytest.raises(ValueError, match="unpack_linear_weights"):
         packed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, compile=True)

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
     p.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: lm_head quantized too")
     p.add_argument("--no-prepack", dest="prepack", action="store_false",
-                   help="CPU: keep weights in PyTorch's layout (default: prepacked for oneDNN, as chat/serve load)")
+                   help="CPU: keep weights in PyTorch's layout (default: bfloat16 prepacked for oneDNN, as chat/serve "
+                        "load)")
     p.add_argument("--against-llama-cpp", default=None, metavar="LLAMA_BENCH",
                    help="path of llama.cpp's llama-bench: export the same random weights to GGUF and compare "
                         "decode and prefill per precision, alternating runs (see docs/benchmarks.md)")

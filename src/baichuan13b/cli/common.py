@@ -67,7 +67,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "a folder written by `baichuan quantize` is loaded as saved")
     g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
     g.add_argument("--no-prepack", dest="prepack", action="store_false",
-                   help="CPU: keep the weights in PyTorch's layout (default: float32/bfloat16 linear weights are "
+                   help="CPU: keep the weights in PyTorch's layout (default: bfloat16 linear weights are "
                         "prepacked for oneDNN, faster decoding; see docs/performance.md)")
     g.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder (PEFT format: adapter_config.json + adapter_model.safetensors/.bin) "
@@ -137,7 +137,7 @@ def load(args: argparse.Namespace, for_inference: bool = True):
     elif for_inference and getattr(args, "prepack", True) and not adapter:
         from ..cpu_linear import pack_linear_weights
 
-        pack_linear_weights(model)  # CPU float32/bfloat16 linears only; a no-op on GPUs
+        pack_linear_weights(model)  # CPU bfloat16 linears only; a no-op on GPUs
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer
 
