@@ -21,7 +21,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -114,27 +114,77 @@ def _chat_ids(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> lis
     return build_chat_input(model, tokenizer, messages, max_new_tokens=max_new_tokens)[0].tolist()
 
 
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+
+
+def forward_batches(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], batch_size: int,
+                    logits_to_keep: Callable[[list[int]], int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The forward pass of ``baichuan eval``: ``rows`` (token ids) sorted by length, run ``batch_size`` at a time,
+    left padded with the tokenizer's pad id and an attention mask. Yields (the rows' indices, their logits
+    [B, k, vocab] for the last ``k = logits_to_keep(indices)`` positions)."""
+    pad_id = _pad_id(tokenizer)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for b in range(0, len(order), batch_size):
+        chunk = order[b: b + batch_size]
+        ids, mask = _pad_left([list(rows[i]) for i in chunk], pad_id)
+        ids = ids.to(model.device)
+        mask = mask.to(model.device) if mask is not None else None
+        yield chunk, model(ids, attention_mask=mask, logits_to_keep=logits_to_keep(chunk)).logits
+
+
 @torch.inference_mode()
 def score_prompts(model: Any, tokenizer: Any, prompts: Sequence[Prompt], letter_ids: Sequence[int],
                   batch_size: int = 1, progress: Any = None) -> list[list[float]]:
     """Next-token logits of the four letters after each prompt, [len(prompts)][4] floats.
 
     Prompts are sorted by length and run ``batch_size`` at a time, left padded with the tokenizer's pad id and an
-    attention mask, keeping the logits of the last position only.
+    attention mask, keeping the logits of the last position only (:func:`forward_batches`).
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
     letters = torch.tensor(list(letter_ids), dtype=torch.long)
     out: list[list[float]] = [[] for _ in prompts]
-    for b in range(0, len(order), batch_size):
-        chunk = order[b: b + batch_size]
-        ids, mask = _pad_left([prompts[i].ids for i in chunk], pad_id)
-        ids = ids.to(model.device)
-        mask = mask.to(model.device) if mask is not None else None
-        logits = model(ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]  # [B, vocab]
-        scores = logits[:, letters.to(logits.device)].float().cpu()  # [B, 4]
+    for chunk, logits in forward_batches(model, tokenizer, [p.ids for p in prompts], batch_size, lambda _: 1):
+        scores = logits[:, -1][:, letters.to(logits.device)].float().cpu()  # [B, 4]
         for row, i in enumerate(chunk):
             out[i] = scores[row].tolist()
+        if progress is not None:
+            progress.update(len(chunk))
+    return out
+
+
+@torch.inference_mode()
+def score_continuations(model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                        batch_size: int = 1, max_length: int | None = None,
+                        progress: Any = None) -> list[tuple[float, bool]]:
+    """Log-likelihood of each continuation after its context: ``pairs`` of (context ids, continuation ids).
+
+    Returns, per pair, the summed log-probability (float32 log-softmax) of the continuation's tokens and whether
+    each of them is the argmax at its position (greedy). The sequences run through :func:`forward_batches`;
+    one longer than ``max_length`` (default the model's context) loses the start of its context.
+    """
+    limit = max_length or model.config.max_position
+    rows, lengths = [], []
+    for k, (context, continuation) in enumerate(pairs):
+        if not continuation:
+            raise ValueError(f"pair {k}: the continuation is empty")
+        if len(continuation) >= limit:
+            raise ValueError(f"pair {k}: a continuation of {len(continuation)} tokens leaves no context within "
+                             f"{limit} tokens")
+        if not context:
+            raise ValueError(f"pair {k}: the context is empty (give at least one token, e.g. bos)")
+        rows.append((list(context) + list(continuation))[-limit:])
+        lengths.append(len(continuation))
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
+    for chunk, logits in forward_batches(model, tokenizer, rows, batch_size,
+                                         lambda c: max(lengths[i] for i in c) + 1):
+        keep = logits.shape[1]
+        for row, i in enumerate(chunk):
+            n = lengths[i]
+            # logits[row, keep-n-1+j] predicts continuation token j (every row ends at the last position)
+            logp = torch.log_softmax(logits[row, keep - n - 1: keep - 1].float(), dim=-1)  # [n, vocab]
+            target = torch.tensor(rows[i][-n:], device=logp.device)
+            total = logp.gather(1, target[:, None]).sum().item()
+            out[i] = (total, bool((logp.argmax(-1) == target).all()))
         if progress is not None:
             progress.update(len(chunk))
     return out
@@ -150,7 +200,7 @@ def generate_answers(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[i
     cfg = resolve_config(model, None, dict(do_sample=False, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                            stop_strings=[]))
     eos = set(cfg.eos_token_ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    pad_id = _pad_id(tokenizer)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     texts = [""] * len(prompt_ids)
     for b in range(0, len(order), batch_size):

@@ -1,7 +1,9 @@
 """The HTTP layer: an OpenAI-compatible FastAPI app over an :class:`~baichuan13b.serving.engine.Engine`.
 
-Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``),
-``GET /health``, ``GET /metrics``. The event loop never runs the model: requests are handed to the engine's
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``;
+completions also with ``logprobs`` and ``echo``), ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info``
+(vLLM's tokenizer routes, which lm-evaluation-harness's ``tokenizer_backend=remote`` reads), ``GET /health``,
+``GET /metrics``. The event loop never runs the model: requests are handed to the engine's
 scheduler thread, whose events come back through ``loop.call_soon_threadsafe``.
 
 Middleware, outermost first: one log line and the metrics of every request; CORS (only with ``cors_origins``);
@@ -36,10 +38,13 @@ from .protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    DetokenizeRequest,
     ErrorResponse,
     ModelList,
+    TokenizeRequest,
     error_body,
 )
+from .logprobs import legacy_logprobs
 
 logger = logging.getLogger("baichuan13b.serving")
 
@@ -103,6 +108,10 @@ class _AccessLog:
                         "".join(f" {k}={v}" for k, v in extra.items()))
 
 
+_TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
+_PROTECTED = ("/metrics", *_TOKENIZER_ROUTES)
+
+
 class _Guard:
     """ASGI middleware: API key on ``/v1/*`` and ``/metrics``, 503 while draining, body size limit.
 
@@ -125,12 +134,12 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        protected = path.startswith("/v1/") or path == "/metrics"
+        protected = path.startswith("/v1/") or path in _PROTECTED
         if protected and scope["method"] != "OPTIONS" and not self._authorised(scope):
             return await _send_error(send, 401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
                                      "authentication_error", "invalid_api_key",
                                      {"WWW-Authenticate": "Bearer"})
-        if self.draining() and (path.startswith("/v1/") or path == "/health"):
+        if self.draining() and (path.startswith("/v1/") or path in ("/health", *_TOKENIZER_ROUTES)):
             return await _send_error(send, 503, "the server is shutting down; retry on another instance",
                                      "server_error", "shutting_down", {"Retry-After": "5", "Connection": "close"})
         if scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -294,8 +303,11 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
 
     def submit(request: Request, prompt: list[int], body, sink: Callable[[Event], None]) -> str:
         cfg = body.generation_config(engine.generation_config)
+        scoring = {}
+        if isinstance(body, CompletionRequest):  # prompt log-probs are computed only when asked for
+            scoring = {"logprobs": body.logprobs, "echo": body.echo and body.logprobs is not None}
         try:
-            request_id = engine.submit(prompt, sink, cfg, body.new_tokens())
+            request_id = engine.submit(prompt, sink, cfg, body.new_tokens(), **scoring)
         except ContextLengthError as e:
             raise APIError(400, str(e), param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
                            code="context_length_exceeded") from e
@@ -344,8 +356,22 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
             return {**common, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text},
                  "finish_reason": final.finish_reason, "logprobs": None}]}
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(prompt, final, body.echo)
+        if body.echo:  # the prompt as its tokens spell it (what the token offsets count), then the completion
+            text = tokenizer.decode(prompt) + text
         return {**common, "object": "text_completion", "choices": [
-            {"index": 0, "text": text, "finish_reason": final.finish_reason, "logprobs": None}]}
+            {"index": 0, "text": text, "finish_reason": final.finish_reason, "logprobs": logprobs}]}
+
+    def completion_logprobs(prompt: list[int], final: Event, echo: bool) -> dict[str, list]:
+        """The legacy ``logprobs`` object: the prompt's tokens first with ``echo`` (the first one unscored)."""
+        segments = []
+        if echo:
+            segments.append((prompt, [None, *(final.prompt_logprobs or [])]))
+        generated = final.token_logprobs or []
+        segments.append(([e.token for e in generated], generated))
+        return legacy_logprobs(tokenizer, segments)[1]
 
     async def stream(request: Request, body, obj_id: str, kind: str, events: "asyncio.Queue[Event]",
                      created: int) -> AsyncIterator[str]:
@@ -435,6 +461,33 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
                 raise APIError(400, f"prompt: token id {bad[0]} is outside the vocabulary [0, {engine.vocab_size})",
                                param="prompt", code="invalid_value")
         return await run(request, body, prompt, "completion")
+
+    @app.post("/tokenize", responses={s: _ERRORS[s] for s in (400, 401, 404)})
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        """Token ids of ``prompt``, encoded as ``/v1/completions`` encodes a text prompt."""
+        if body.model is not None:
+            check_model(body.model)
+        tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.context_length}
+
+    @app.post("/detokenize", responses={s: _ERRORS[s] for s in (400, 401, 404)})
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        """The text of token ids (special tokens written as their text)."""
+        if body.model is not None:
+            check_model(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < engine.vocab_size]
+        if bad:
+            raise APIError(400, f"tokens: token id {bad[0]} is outside the vocabulary [0, {engine.vocab_size})",
+                           param="tokens", code="invalid_value")
+        return {"prompt": tokenizer.decode(body.tokens)}
+
+    @app.get("/tokenizer_info", responses={401: _ERRORS[401]})
+    async def tokenizer_info() -> dict[str, Any]:
+        """The tokenizer's special tokens and the context length."""
+        return {"tokenizer_class": type(tokenizer).__name__, "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+                "unk_token": tokenizer.unk_token, "model_max_length": engine.context_length,
+                "vocab_size": engine.vocab_size}
 
     # Middleware: the last added is the outermost.
     app.add_middleware(_Guard, api_key=api_key, max_bytes=max_request_bytes, draining=lambda: state["draining"])

@@ -13,6 +13,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..generation import GenerationConfig
+from .logprobs import MAX_LOGPROBS
 
 # Limits on what one request may carry (the body size itself is limited by the server).
 MAX_STOP_STRINGS = 4
@@ -168,9 +169,35 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 class CompletionRequest(_SamplingRequest):
-    """``POST /v1/completions``: ``prompt`` is text or token ids (one prompt; a list of one is accepted)."""
+    """``POST /v1/completions``: ``prompt`` is text or token ids (one prompt; a list of one is accepted).
+
+    ``logprobs`` and ``echo`` follow OpenAI's legacy completions API (see :mod:`baichuan13b.serving.logprobs`);
+    ``echo`` with ``max_tokens: 0`` scores the prompt without generating (what log-likelihood evaluations send).
+    """
 
     prompt: Union[str, list[int], list[str], list[list[int]]]
+    max_tokens: int | None = Field(None, ge=0, le=INT32_MAX, description="new tokens at most (default: the "
+                                   "model's generation_config.json, capped by the context); 0 only with echo")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="log-probabilities of the returned "
+                                 f"tokens and of the most likely tokens at each position (0-{MAX_LOGPROBS})")
+    echo: bool = Field(False, validate_default=True,
+                       description="return (and with logprobs, score) the prompt before the completion")
+
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, echo: bool, info: ValidationInfo) -> bool:
+        if echo and info.data.get("stream"):
+            raise ValueError("echo is not supported with stream=true")
+        if not echo and info.data.get("max_tokens") == 0:
+            raise ValueError("must be true when max_tokens is 0 (max_tokens 0 only scores the prompt)")
+        return echo
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_not_streamed(cls, logprobs: int | None, info: ValidationInfo) -> int | None:
+        if logprobs is not None and info.data.get("stream"):
+            raise ValueError("logprobs is not supported with stream=true")
+        return logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -217,11 +244,20 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy ``logprobs`` object: one entry per returned token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -254,3 +290,21 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (vLLM's shape; lm-evaluation-harness's ``tokenizer_backend=remote`` uses it)."""
+
+    model_config = _STRICT
+    prompt: str
+    add_special_tokens: bool = Field(False, description="add bos/eos as the tokenizer is configured to")
+    model: str | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize``."""
+
+    model_config = _STRICT
+    tokens: list[int]
+    model: str | None = None
