@@ -679,3 +679,22 @@ def test_the_row_label_is_the_models_name(tok, rigged, tmp_path, capsys):
                       settings=EvalSettings(limit=1, shots=1), model_name="baichuan-inc/Baichuan-13B-Base")
     assert report["label"] == "baichuan-inc/Baichuan-13B-Base"
     assert "\n| baichuan-inc/Baichuan-13B-Base | " in (tmp_path / "hub" / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow  # builds ~1,900 prompts with the real tokenizer
+@needs_shared_data
+@needs_real_tokenizer
+def test_mmlu_default_limit_drops_shots_where_the_official_2048_crop_does():
+    # hendrycks' 2048-token crop drops shots from every high_school_european_history and high_school_us_history
+    # prompt and from 92 professional_law prompts (with Baichuan's tokenizer); a 4096-token limit would not.
+    tok = BaichuanTokenizer(REAL_TOKENIZER)
+    model = tiny_model(tok.vocab_size, max_position=4096)
+    subjects = ["high_school_european_history", "high_school_us_history", "professional_law"]
+    plan = runner_module.plan_task(model, tok, "mmlu", EVAL_DATA / "mmlu", "/nonexistent",
+                                   EvalSettings(subjects=subjects))
+    assert (plan.budget, plan.prompt_limit) == (2048, "MMLU harness limit")
+    fewer = {subject: sum(build_prompt("mmlu", subject, shots, q, tok, plan.budget).shots < 5 for q in questions)
+             for subject, questions, shots in plan.work}
+    sizes = {subject: len(questions) for subject, questions, _ in plan.work}
+    assert fewer == {"high_school_european_history": sizes["high_school_european_history"],
+                     "high_school_us_history": sizes["high_school_us_history"], "professional_law": 92}
