@@ -230,3 +230,37 @@ def test_native_model_batched_equals_one_by_one(demo):
     assert [g for _, g in batched] == [g for _, g in single]
     with pytest.raises(ValueError, match="unknown model_args for baichuan13b: colour"):
         BaichuanLM(model=model, tokenizer=tok, colour="red")
+
+
+class _Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_native_model_rolling_loglikelihood_and_generation(demo):
+    pytest.importorskip("lm_eval")
+    from baichuan13b.evaluation.harness import BaichuanLM
+
+    model, tok = demo
+    lm = BaichuanLM(model=model, tokenizer=tok, batch_size=2, max_length=16)
+    text = "世界上最高的山峰是珠穆朗玛峰。The capital of France is Paris, and 3 + 4 = 7."
+    ids = tok.encode(text)
+    assert len(ids) > 16  # several windows
+    (total,) = lm.loglikelihood_rolling([_Request(text)])
+    # lm-eval's windows (bos first; every token predicted once, within 16 positions), each scored directly.
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+        token_list=ids, prefix_token=tok.bos_token_id, max_seq_len=16, context_len=1)]
+    assert len(windows) > 1 and sum(len(cont) for _, cont in windows) == len(ids)
+    expected = sum(sum(direct_logprobs(model, ctx + cont)[0][len(ctx) - 1:]) for ctx, cont in windows)
+    assert total == pytest.approx(expected, abs=1e-3)
+    lm = BaichuanLM(model=model, tokenizer=tok, batch_size=2)
+    prompts = ["世界上最高的山峰是", "中国的首都是"]
+    outs = lm.generate_until([_Request(p, {"until": ["。"], "max_gen_toks": 12, "do_sample": False}) for p in prompts],
+                             disable_tqdm=True)
+    for prompt, out in zip(prompts, outs):
+        full = model.generate(torch.tensor([tok.encode(prompt)]), max_new_tokens=12, do_sample=False,
+                              repetition_penalty=1.0, stop_strings=[])
+        greedy = tok.decode(full[0, len(tok.encode(prompt)):].tolist(), skip_special_tokens=True)
+        assert out == greedy.split("。", 1)[0] and "。" not in out and out

@@ -159,30 +159,31 @@ def score_continuations(model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequen
     """Log-likelihood of each continuation after its context: ``pairs`` of (context ids, continuation ids).
 
     Returns, per pair, the summed log-probability (float32 log-softmax) of the continuation's tokens and whether
-    each of them is the argmax at its position (greedy). The sequences run through :func:`forward_batches`;
-    one longer than ``max_length`` (default the model's context) loses the start of its context.
+    each of them is the argmax at its position (greedy). The model reads context + continuation less its last
+    token, through :func:`forward_batches`; a sequence longer than ``max_length`` (default the model's context)
+    + 1 loses the start of its context (as lm-eval's own models do).
     """
     limit = max_length or model.config.max_position
-    rows, lengths = [], []
+    inputs, targets = [], []
     for k, (context, continuation) in enumerate(pairs):
         if not continuation:
             raise ValueError(f"pair {k}: the continuation is empty")
-        if len(continuation) >= limit:
-            raise ValueError(f"pair {k}: a continuation of {len(continuation)} tokens leaves no context within "
-                             f"{limit} tokens")
         if not context:
             raise ValueError(f"pair {k}: the context is empty (give at least one token, e.g. bos)")
-        rows.append((list(context) + list(continuation))[-limit:])
-        lengths.append(len(continuation))
-    out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
-    for chunk, logits in forward_batches(model, tokenizer, rows, batch_size,
-                                         lambda c: max(lengths[i] for i in c) + 1):
+        if len(continuation) > limit:
+            raise ValueError(f"pair {k}: a continuation of {len(continuation)} tokens does not fit in {limit}")
+        whole = (list(context) + list(continuation))[-(limit + 1):]
+        inputs.append(whole[:-1])
+        targets.append(whole[-len(continuation):])
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(inputs)
+    for chunk, logits in forward_batches(model, tokenizer, inputs, batch_size,
+                                         lambda c: max(len(targets[i]) for i in c)):
         keep = logits.shape[1]
         for row, i in enumerate(chunk):
-            n = lengths[i]
-            # logits[row, keep-n-1+j] predicts continuation token j (every row ends at the last position)
-            logp = torch.log_softmax(logits[row, keep - n - 1: keep - 1].float(), dim=-1)  # [n, vocab]
-            target = torch.tensor(rows[i][-n:], device=logp.device)
+            n = len(targets[i])
+            # the last n positions predict the n continuation tokens (every row ends at the last position)
+            logp = torch.log_softmax(logits[row, keep - n:].float(), dim=-1)  # [n, vocab]
+            target = torch.tensor(targets[i], device=logp.device)
             total = logp.gather(1, target[:, None]).sum().item()
             out[i] = (total, bool((logp.argmax(-1) == target).all()))
         if progress is not None:
