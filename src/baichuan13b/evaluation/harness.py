@@ -37,7 +37,7 @@ except ImportError as e:  # the adapter is optional: say what to install
 
 from ..generation import generate
 from ..generation.decode import resolve_config
-from .runner import _pad_id, _pad_left, score_continuations
+from .runner import pad_token_id, pad_left, score_continuations
 
 MODEL_NAME = "baichuan13b"
 logger = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class BaichuanLM(TemplateLM):
             for b in range(0, len(members), self.batch_size_per_gpu):
                 chunk = members[b: b + self.batch_size_per_gpu]
                 rows = [self.tok_encode(requests[k].args[0])[-room:] or [self.prefix_token_id] for k in chunk]
-                ids, mask = _pad_left(rows, _pad_id(self.tokenizer))
+                ids, mask = pad_left(rows, pad_token_id(self.tokenizer))
                 generated = generate(self.model, ids.to(self.device),
                                      attention_mask=None if mask is None else mask.to(self.device),
                                      generation_config=cfg, tokenizer=self.tokenizer)

@@ -97,7 +97,7 @@ def prompt_budget(model: Any, bench: Benchmark, settings: EvalSettings) -> tuple
     return budget, source
 
 
-def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, T] ids left padded with ``pad_id`` and the [B, T] mask (None when no row needed padding)."""
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)  # [B, T]
@@ -114,7 +114,8 @@ def _chat_ids(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> lis
     return build_chat_input(model, tokenizer, messages, max_new_tokens=max_new_tokens)[0].tolist()
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
+    """The id left padding uses: the tokenizer's pad id, else its unk id (masked out either way)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
 
 
@@ -123,11 +124,11 @@ def forward_batches(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], b
     """The forward pass of ``baichuan eval``: ``rows`` (token ids) sorted by length, run ``batch_size`` at a time,
     left padded with the tokenizer's pad id and an attention mask. Yields (the rows' indices, their logits
     [B, k, vocab] for the last ``k = logits_to_keep(indices)`` positions)."""
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for b in range(0, len(order), batch_size):
         chunk = order[b: b + batch_size]
-        ids, mask = _pad_left([list(rows[i]) for i in chunk], pad_id)
+        ids, mask = pad_left([list(rows[i]) for i in chunk], pad_id)
         ids = ids.to(model.device)
         mask = mask.to(model.device) if mask is not None else None
         yield chunk, model(ids, attention_mask=mask, logits_to_keep=logits_to_keep(chunk)).logits
@@ -201,12 +202,12 @@ def generate_answers(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[i
     cfg = resolve_config(model, None, dict(do_sample=False, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                            stop_strings=[]))
     eos = set(cfg.eos_token_ids)
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     texts = [""] * len(prompt_ids)
     for b in range(0, len(order), batch_size):
         chunk = order[b: b + batch_size]
-        ids, mask = _pad_left([list(prompt_ids[i]) for i in chunk], pad_id)
+        ids, mask = pad_left([list(prompt_ids[i]) for i in chunk], pad_id)
         out = generate(model, ids.to(model.device), attention_mask=None if mask is None else mask.to(model.device),
                        generation_config=cfg)
         for row, i in enumerate(chunk):
