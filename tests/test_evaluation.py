@@ -645,7 +645,7 @@ def test_cli_eval_compare_and_ppl(model_dir, tmp_path, capsys):
     assert cli_main(base + ["--task", "mmlu,cmmlu", "--output_dir", str(tmp_path / "a"), "--batch_size", "4"]) == 0
     out = capsys.readouterr().out
     _, _, mmlu_avg = expected_scores("mmlu", "test", "B", limit=3)
-    assert f"MMLU: average {mmlu_avg:.2f} over 3 subjects" in out
+    assert f"MMLU: average {mmlu_avg:.2f} (over questions; 3 subjects, 9 questions)" in out
     # The same model scored with the other letter scheme prefers the piece A on MMLU too.
     assert cli_main(base + ["--task", "mmlu", "--letter_scheme", "piece", "--output_dir", str(tmp_path / "b"),
                             "--label", "piece letters"]) == 0

@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     for name in tasks:
         t = report["tasks"][name]
         line = f"{t['title']}: " + ("no labels (predictions written)" if not t["labelled"]
-                                     else f"average {t['average']:.2f} over {len(t['subjects'])} subjects")
+                                     else f"average {t['average']:.2f} (over {t['averaging']}; "
+                                          f"{len(t['subjects'])} subjects, {t['questions']} questions)")
         print(line)
     err(f"report: {Path(args.output_dir) / 'report.md'}")
     sys.stdout.flush()
