@@ -264,3 +264,20 @@ def test_native_model_rolling_loglikelihood_and_generation(demo):
                               repetition_penalty=1.0, stop_strings=[])
         greedy = tok.decode(full[0, len(tok.encode(prompt)):].tolist(), skip_special_tokens=True)
         assert out == greedy.split("。", 1)[0] and "。" not in out and out
+
+
+def test_tokenizer_routes_need_the_api_key(demo):
+    from serving_server import API_KEY
+
+    srv = RunningServer(*demo, api_key=API_KEY)
+    try:
+        import httpx
+
+        with httpx.Client(base_url=srv.base_url, timeout=30) as anonymous, srv.http() as keyed:
+            for method, path, body in (("post", "/tokenize", {"prompt": "a"}), ("post", "/detokenize", {"tokens": [5]}),
+                                       ("get", "/tokenizer_info", None)):
+                kwargs = {"json": body} if body is not None else {}
+                assert getattr(anonymous, method)(path, **kwargs).status_code == 401, path
+                assert getattr(keyed, method)(path, **kwargs).status_code == 200, path
+    finally:
+        srv.close()
