@@ -12,11 +12,11 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi")
-from serving_server import MODEL_NAME, RunningServer  # noqa: E402
+from serving_server import MODEL_NAME, RunningServer
 
-from baichuan13b.model import BaichuanForCausalLM  # noqa: E402
-from baichuan13b.serving.logprobs import legacy_logprobs, score_positions  # noqa: E402
-from baichuan13b.tokenizer import BaichuanTokenizer  # noqa: E402
+from baichuan13b.model import BaichuanForCausalLM
+from baichuan13b.serving.logprobs import legacy_logprobs, score_positions
+from baichuan13b.tokenizer import BaichuanTokenizer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -178,7 +178,7 @@ def run_lm_eval(args, folder, out):
            "HF_DATASETS_CACHE": str(out / "datasets"), "PYTHONPATH": os.pathsep.join(
                [str(SRC), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     r = subprocess.run([sys.executable, *args, "--tasks", "baichuan_tiny_mc", "--include_path", str(folder),
-                        "--output_path", str(out), "--log_samples"], capture_output=True, text=True, env=env,
+                        "--output_path", str(out), "--log_samples"], check=False, capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text(encoding="utf-8"))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 try:
-    import lm_eval.models  # noqa: F401  (lm-eval's own models: registered before ours, so that they stay found)
+    import lm_eval.models  # lm-eval's own models: registered before ours, so that they stay found
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import model_registry
 except ImportError as e:  # the adapter is optional: say what to install
@@ -37,7 +37,7 @@ except ImportError as e:  # the adapter is optional: say what to install
 
 from ..generation import generate
 from ..generation.decode import resolve_config
-from .runner import pad_token_id, pad_left, score_continuations
+from .runner import pad_left, pad_token_id, score_continuations
 
 MODEL_NAME = "baichuan13b"
 logger = logging.getLogger(__name__)

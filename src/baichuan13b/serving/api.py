@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..chat import build_chat_input
 from ..model import ContextLengthError
 from .engine import Engine, EngineStoppedError, Event, QueueFullError
+from .logprobs import legacy_logprobs
 from .metrics import ServerMetrics
 from .protocol import (
     APIError,
@@ -44,7 +45,6 @@ from .protocol import (
     TokenizeRequest,
     error_body,
 )
-from .logprobs import legacy_logprobs
 
 logger = logging.getLogger("baichuan13b.serving")
 
