@@ -137,3 +137,19 @@ def test_aborted_requests_return_every_block(loaded):
     assert engine.blocks.num_used > 0
     stream.close()
     assert engine.blocks.num_used == 0 and engine.stats()["tracked"] == 0
+
+
+def test_echo_scores_every_prompt_token_even_when_its_prefix_is_cached(loaded):
+    model, tok = loaded
+    prompt = prompts_with_shared_prefix(1, shared=37, tail=6)[0]
+    scores = []
+    for warm in (False, True):
+        engine = Engine(model, tok, max_batch=2, block_size=4, prefill_chunk=16)
+        if warm:  # the prompt's blocks are in the prefix cache
+            run(engine, [prompt], greedy(model), 3)
+        finals = []
+        engine.submit(prompt, finals.append, greedy(model), max_new_tokens=0, echo=True, logprobs=2)
+        while not finals or not finals[-1].final:
+            engine.step()
+        scores.append(finals[-1].prompt_logprobs)
+    assert len(scores[0]) == len(prompt) - 1 and scores[0] == scores[1]

@@ -39,9 +39,10 @@ class ModelRunner:
         self.device = model.device
 
     @torch.inference_mode()
-    def run(self, rows: Seq[tuple[Sequence, int]]) -> torch.Tensor:
-        """Logits [len(rows), vocab] after each row's last token of this pass (``seq.num_computed`` is not
-        advanced here: see :meth:`~baichuan13b.paged.Scheduler.advance`)."""
+    def run(self, rows: Seq[tuple[Sequence, int]], every_position: bool = False) -> torch.Tensor:
+        """Logits [len(rows), vocab] after each row's last token of this pass, or with ``every_position`` those of
+        every token [len(rows), T, vocab] (``seq.num_computed`` is not advanced here: see
+        :meth:`~baichuan13b.paged.Scheduler.advance`)."""
         lengths = [n for _, n in rows]
         T = max(lengths)
         ids = torch.zeros(len(rows), T, dtype=torch.long)  # [B, T], right padded
@@ -50,4 +51,6 @@ class ModelRunner:
         width = self.static_table_width if T == 1 else None  # decode steps only
         batch = self.cache.batch([s.block_table for s, _ in rows], [s.num_computed for s, _ in rows], lengths,
                                  table_width=width)
+        if every_position:
+            return self.model(ids.to(self.device), cache=batch).logits  # [B, T, V]
         return self.model(ids.to(self.device), cache=batch, logits_to_keep=1).logits[:, -1]  # [B, V]

@@ -24,6 +24,11 @@ therefore equals ``model.generate`` with the same settings, up to floating-point
 (matrix products of different sizes may round differently, which can flip an exact near-tie); reuse of a cached
 prefix changes nothing but the work done (the cached keys and values are those the prefill would compute).
 
+Log-probabilities (``submit(logprobs=k, echo=...)``, for ``/v1/completions``): with ``echo`` the prefill keeps
+the logits of every prompt position and scores each prompt token under the one before it; with ``logprobs`` every
+generated token is scored under the logits it was sampled from (:func:`~baichuan13b.serving.logprobs.score_positions`).
+They arrive with the final event. ``echo`` with ``max_new_tokens=0`` scores the prompt and generates nothing.
+
 Memory: the pool has ``kv_cache_bytes`` worth of blocks, at most ``max_batch`` full contexts (what the old
 slot-per-request cache reserved) and at least one full context, so any admitted request can always finish.
 Requests wait in a bounded queue (``max_queue``, then :class:`QueueFullError`). Without the scheduler thread
@@ -49,6 +54,7 @@ from ..generation.decode import tokens_that_fit
 from ..generation.sampling import seen_tokens
 from ..model import ContextLengthError
 from ..paged import BlockManager, ModelRunner, Scheduler, Sequence
+from .logprobs import TokenLogprob, score_positions
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -84,6 +90,8 @@ class Event:
     error: BaseException | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob] | None = None  # final event, with echo: prompt tokens 1.. (0 has none)
+    token_logprobs: list[TokenLogprob] | None = None  # final event, with logprobs: every generated token
 
     @property
     def final(self) -> bool:
@@ -108,6 +116,10 @@ class _Request(Sequence):
     generated: int = 0
     aborted: bool = False
     done: bool = False
+    logprobs: int | None = None  # top alternatives to report per generated token (None: no log-probs)
+    echo: bool = False  # score the prompt tokens during prefill
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def prompt(self) -> list[int]:
@@ -306,6 +318,7 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
                max_new_tokens: int | None = None, request_id: str | None = None, fit: bool = False, *,
+               logprobs: int | None = None, echo: bool = False,
                prefix_cache: bool = True, generator: torch.Generator | None = None) -> str:
         """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
 
@@ -314,9 +327,13 @@ class Engine:
             sink: receives the events; it must return quickly (hand the event to another thread or loop).
             config: sampling, eos and stop strings (default: the engine's ``generation_config``);
                 ``config.max_new_tokens`` is not used, see ``max_new_tokens``.
-            max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`).
+            max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`); 0 only
+                with ``echo`` (score the prompt, generate nothing).
             fit: cap ``max_new_tokens`` to what fits instead of refusing it (see :meth:`new_token_budget`).
-            prefix_cache: False keeps this request out of the prefix cache (always off when the engine's is).
+            logprobs: report each generated token's log-probability and its ``logprobs`` likeliest alternatives.
+            echo: report the prompt tokens' log-probabilities too (with ``logprobs`` alternatives, 0 if None).
+            prefix_cache: False keeps this request out of the prefix cache (always off when the engine's is, and
+                with ``echo``: every prompt position is computed to be scored).
             generator: where sampling draws from (default: a new generator seeded by ``config.seed``, else
                 randomly).
 
@@ -331,7 +348,13 @@ class Engine:
         bad = [t for t in prompt if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
-        max_new = self.new_token_budget(len(prompt), max_new_tokens, fit)
+        if echo and max_new_tokens == 0:  # scoring only: the whole context may hold the prompt
+            if len(prompt) > self.context_length:
+                raise ContextLengthError(f"this model's maximum context length is {self.context_length} tokens, "
+                                         f"but the prompt has {len(prompt)} tokens")
+            max_new = 0
+        else:
+            max_new = self.new_token_budget(len(prompt), max_new_tokens, fit)
         if not cfg.greedy and generator is None:
             generator = torch.Generator(device=self.logits_device)
             if cfg.seed is not None:
@@ -343,16 +366,16 @@ class Engine:
             ids = torch.tensor([prompt], dtype=torch.long, device=self.logits_device)
             seen = seen_tokens(ids, None, self.vocab_size)  # [1, vocab]
         seq = _Request(
-            token_ids=prompt, prefix_cache=prefix_cache, id=request_id or uuid.uuid4().hex,
+            token_ids=prompt, prefix_cache=prefix_cache and not echo, id=request_id or uuid.uuid4().hex,
             order=next(self._order), config=cfg, max_new=max_new,
             sink=sink, text=TextStream(self.tokenizer, cfg.eos_token_ids, cfg.stop_strings),
             sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
-            generator=generator, seen=seen)
+            generator=generator, seen=seen, logprobs=logprobs, echo=echo)
         with self._lock:
             self._check_room()
             if seq.id in self._by_id:
                 raise ValueError(f"request id {seq.id!r} is already in use")
-            if max_new == 0:  # nothing to generate (configured max_new_tokens of 0)
+            if max_new == 0 and not echo:  # nothing to generate (configured max_new_tokens of 0)
                 self._emit(seq, Event(finish_reason="length", prompt_tokens=len(prompt)))
                 return seq.id
             self.scheduler.add(seq)
@@ -448,7 +471,7 @@ class Engine:
         rows: list[torch.Tensor] = []
         if plan.prefill:
             try:
-                logits = self.runner.run(plan.prefill)  # [P, V]
+                logits = self._prefill_logits(plan.prefill)  # [P, V]
             except Exception as e:
                 logger.exception("prefill failed for %d request(s)", len(plan.prefill))
                 with self._lock:
@@ -459,6 +482,10 @@ class Engine:
                 self.metrics.prompt_tokens.inc(sum(n for _, n in plan.prefill))
                 for i, (seq, _) in enumerate(plan.prefill):
                     if seq.num_pending == 0:  # prompt complete: sample the first token
+                        if seq.max_new == 0:  # echo with max_tokens 0: the prompt is scored, nothing to generate
+                            with self._lock:
+                                self._finish(seq, reason="length")
+                            continue
                         seqs.append(seq)
                         rows.append(logits[i])
         decoding = [s for s in plan.decode if not s.done]
@@ -470,7 +497,42 @@ class Engine:
             seqs.extend(decoding)
             rows.extend(logits)
         if seqs:
-            self._accept_tokens(seqs, self._sample(seqs, torch.stack(rows)))
+            logits = torch.stack(rows)  # [len(seqs), V]
+            tokens = self._sample(seqs, logits)
+            self._score_tokens(seqs, logits, tokens)
+            self._accept_tokens(seqs, tokens)
+
+    def _prefill_logits(self, rows: list[tuple[_Request, int]]) -> torch.Tensor:
+        """Last-token logits [len(rows), V] of one prefill step. Rows with ``echo`` run alone with the logits of
+        every position, which score their prompt tokens (each under the position before it, once even if the
+        sequence is recomputed after a preemption)."""
+        plain = [(i, r) for i, r in enumerate(rows) if not r[0].echo]
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        if plain:
+            logits = self.runner.run([r for _, r in plain])
+            for j, (i, _) in enumerate(plain):
+                out[i] = logits[j]
+        for i, (seq, n) in enumerate(rows):
+            if seq.echo:
+                every = self.runner.run([(seq, n)], every_position=True)[0]  # [n, V]
+                first = max(seq.num_computed, len(seq.prompt_logprobs))  # position p predicts token p + 1
+                targets = seq.prompt[first + 1: seq.num_computed + n + 1]
+                seq.prompt_logprobs += score_positions(every[first - seq.num_computed:], targets, seq.logprobs or 0)
+                out[i] = every[n - 1]
+        return torch.stack(out)
+
+    def _score_tokens(self, seqs: list[_Request], logits: torch.Tensor, tokens: list[int | None]) -> None:
+        """Record the log-probability of each sampled token (and its alternatives) for the sequences that asked;
+        a failure ends that request alone."""
+        failed: list[tuple[_Request, Exception]] = []
+        for i, seq in enumerate(seqs):
+            if seq.logprobs is not None and not seq.done and tokens[i] is not None:
+                try:
+                    seq.token_logprobs += score_positions(logits[i: i + 1], [tokens[i]], seq.logprobs)
+                except Exception as e:
+                    failed.append((seq, e))
+                    tokens[i] = None  # not accepted either
+        self._fail(failed, "scoring")
 
     def _sample(self, seqs: list[_Request], logits: torch.Tensor) -> list[int | None]:
         """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings.
@@ -583,7 +645,9 @@ class Engine:
             self.metrics.finished.inc(1, "error")
         if not seq.aborted:
             self._emit(seq, Event(text=text, finish_reason=reason, error=error, prompt_tokens=len(seq.prompt),
-                                  completion_tokens=seq.generated))
+                                  completion_tokens=seq.generated,
+                                  prompt_logprobs=seq.prompt_logprobs if seq.echo else None,
+                                  token_logprobs=seq.token_logprobs if seq.logprobs is not None else None))
         self._release(seq)
 
     def _release(self, seq: _Request) -> None:
