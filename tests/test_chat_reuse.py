@@ -111,9 +111,9 @@ def test_the_streamed_answer_stopped_early_returns_its_blocks(loaded):
 
 
 def test_no_prefix_cache_flags(loaded):
-    from baichuan13b.cli import chat as chat_cli
-
     import argparse
+
+    from baichuan13b.cli import chat as chat_cli
     p = argparse.ArgumentParser()
     chat_cli.add_arguments(p)
     assert p.parse_args(["--no-prefix-cache"]).no_prefix_cache and not p.parse_args([]).no_prefix_cache

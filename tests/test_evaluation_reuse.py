@@ -5,8 +5,15 @@ import pytest
 import torch
 from test_evaluation import FIXTURES, tiny_model, tok  # noqa: F401  (tok is a fixture)
 
-from baichuan13b.evaluation import EvalSettings, build_prompt, evaluate, get_benchmark, letter_token_ids, load_questions
-from baichuan13b.evaluation import score_prompts
+from baichuan13b.evaluation import (
+    EvalSettings,
+    build_prompt,
+    evaluate,
+    get_benchmark,
+    letter_token_ids,
+    load_questions,
+    score_prompts,
+)
 
 
 class CountTokens:

@@ -8,7 +8,8 @@ next token when the row finished its pending tokens.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence as Seq
+from typing import TYPE_CHECKING
+from typing import Sequence as Seq
 
 import torch
 
