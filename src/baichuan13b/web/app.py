@@ -299,20 +299,22 @@ def input_area(streaming: bool) -> None:
     """The bottom of the page: the last refusal (kept until the next send) and the input box, whose send
     button is replaced by Stop while an answer streams."""
     with st.bottom:
+        # The same layout in both states (a notice slot, then a row of columns with the box first), so the
+        # browser keeps one input box instead of briefly showing the old one beside the new one.
+        notice = st.container()
         if st.session_state.get("notice"):
-            st.error(st.session_state.notice, icon="⚠️")
+            notice.error(st.session_state.notice, icon="⚠️")
         if not streaming:
-            st.chat_input(LABELS["input"], key="prompt", on_submit=on_send)
+            (box,) = st.columns(1)
+            box.chat_input(LABELS["input"], key="prompt", on_submit=on_send)
             return
         # While streaming the box is read-only and its send button gives way to Stop. A click starts a new
         # run, whose stop_reply() fixes the history (the partial answer is already there); this run is
         # interrupted at its next page update.
         st.html("<style>[data-testid='stChatInputSubmitButton']{display:none}</style>")
         box, stop = st.columns([4, 1], vertical_alignment="center", gap="small")
-        with box:
-            st.chat_input(LABELS["input"], key="prompt", disabled=True)
-        with stop:
-            st.button(LABELS["stop"], key="stop", icon="⏹", type="primary", width="stretch")
+        box.chat_input(LABELS["input"], key="prompt", disabled=True)
+        stop.button(LABELS["stop"], key="stop", icon="⏹", type="primary", width="stretch")
 
 
 def stream_into(placeholder, stream, markdown: bool) -> None:

@@ -361,12 +361,40 @@ def stream_continuation(model: Any, tokenizer: Any, messages: list[dict[str, str
         pieces.close()
 
 
+class TokenCounter:
+    """A tokenizer that counts the tokens its stream decoders are given: exactly the tokens generated, eos
+    excluded (the decode path turns every generated token into text through ``tokenizer.stream_decoder``, and
+    ends at eos without decoding it). Everything else is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+    def stream_decoder(self, *args: Any, **kwargs: Any) -> "_CountedDecoder":
+        return _CountedDecoder(self.tokenizer.stream_decoder(*args, **kwargs), self)
+
+
+class _CountedDecoder:
+    def __init__(self, decoder: Any, counter: TokenCounter):
+        self.decoder, self.counter = decoder, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.decoder, name)
+
+    def put(self, token: int) -> str:
+        self.counter.count += 1
+        return self.decoder.put(token)
+
+
 @dataclass
 class Message:
     """One chat bubble.
 
     ``stopped`` marks an answer cut off by the stop button (or a reload). For an answer that ended, ``tokens`` is
-    its length in tokens (the answer text encoded again), ``prompt_tokens`` the prompt it was read after,
+    the number of tokens generated (eos excluded), ``prompt_tokens`` the prompt it was read after,
     ``seconds`` the time it took (prompt included) and ``cut`` whether it ended at the length limit (no eos).
     """
 
@@ -453,8 +481,9 @@ class Conversation:
         if system:
             conversation.insert(0, {"role": "system", "content": system})
         conversation.append({"role": "user", "content": text})
-        stream = stream_answer(model, tokenizer, conversation, **overrides)
-        yield from self._write(model, tokenizer, conversation, answer, "", stream, me, overrides,
+        counter = TokenCounter(tokenizer)
+        stream = stream_answer(model, counter, conversation, **overrides)
+        yield from self._write(model, counter, conversation, answer, "", stream, me, overrides,
                                drop_on_error=(question, answer))
 
     def continue_reply(self, model: Any, tokenizer: Any, system: str | None = None,
@@ -471,11 +500,12 @@ class Conversation:
             answer.stopped, answer.cut = True, False
         if system:
             conversation.insert(0, {"role": "system", "content": system})
-        stream = stream_continuation(model, tokenizer, conversation, done, **overrides)
-        yield from self._write(model, tokenizer, conversation, answer, done, stream, me, overrides,
+        counter = TokenCounter(tokenizer)
+        stream = stream_continuation(model, counter, conversation, done, **overrides)
+        yield from self._write(model, counter, conversation, answer, done, stream, me, overrides,
                                before=(done_tokens, seconds))
 
-    def _write(self, model: Any, tokenizer: Any, conversation: list[dict[str, str]], answer: Message,
+    def _write(self, model: Any, counter: TokenCounter, conversation: list[dict[str, str]], answer: Message,
                done: str, stream: Iterator[str], me: int, overrides: dict[str, Any],
                drop_on_error: tuple[Message, ...] = (), before: tuple[int, float] = (0, 0.0)) -> Iterator[str]:
         """Stream ``done`` + new text into ``answer`` while this reply may write; record the counts at the end."""
@@ -488,9 +518,8 @@ class Conversation:
                     answer.content = done + cumulative
                 yield answer.content
             cfg = resolve_config(model, None, overrides)
-            prompt_tokens = build_chat_input(model, tokenizer, conversation, generation_config=cfg).shape[1]
-            new = answer.content[len(done):]
-            new_tokens = len(tokenizer.encode(new, add_special_tokens=False)) if new else 0
+            prompt_tokens = build_chat_input(model, counter.tokenizer, conversation, generation_config=cfg).shape[1]
+            new_tokens = counter.count
             budget = cfg.max_new_tokens
             if not model.config.allow_length_extrapolation:
                 budget = min(budget, model.config.max_position - prompt_tokens - before[0])
