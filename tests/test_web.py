@@ -530,7 +530,8 @@ def test_blank_invalid_and_too_long_messages(browser, server, web_dir, loaded):
     # replaces it as it is typed and says so.
     alert = a.page.get_by_role("alert").filter(has_text=LABELS["invalid_text"])
     wait_until(lambda: alert.count() == 1 and alert.is_visible(), "the invalid-text message")
-    assert "U+D800" in alert.text_content()
+    assert "U+D800" in alert.text_content() and "position 6" in alert.text_content()
+    assert "{" not in alert.text_content()
     assert a.box.input_value() == "hello \ufffd there"
     a.screenshot("web-invalid-text.png")
     assert same_text(a.send("hello \ufffd there", expected_bubbles=3), model.chat(tok, [user("hello \ufffd there")]))

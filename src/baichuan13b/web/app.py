@@ -95,7 +95,7 @@ if (!window.baichuanTextGuard) {
     for (let k = firstLone(fixed); k !== -1; k = firstLone(fixed)) fixed = fixed.slice(0, k) + "\\uFFFD" + fixed.slice(k + 1);
     const proto = field instanceof HTMLTextAreaElement ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
     Object.getOwnPropertyDescriptor(proto, "value").set.call(field, fixed);
-    note(MESSAGE.replace("{code}", code).replace("{position}", at));
+    note(MESSAGE.split("{code}").join(code).split("{position}").join(String(at)));
   }, true);
 }
 </script>"""
@@ -312,7 +312,7 @@ def input_area(streaming: bool) -> None:
         # run, whose stop_reply() fixes the history (the partial answer is already there); this run is
         # interrupted at its next page update.
         st.html("<style>[data-testid='stChatInputSubmitButton']{display:none}</style>")
-        box, stop = st.columns([4, 1], vertical_alignment="center", gap="small")
+        box, stop = st.columns([3, 1], vertical_alignment="center", gap="small")
         box.chat_input(LABELS["input"], key="prompt", disabled=True)
         stop.button(LABELS["stop"], key="stop", icon="⏹", type="primary", width="stretch")
 
