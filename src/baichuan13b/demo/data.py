@@ -278,7 +278,7 @@ OTHER_QUESTIONS = {
 }
 
 # ------------------------------------------------------------------------------------------------ domain
-ADD_RANGE = range(0, 13)  # a + b and a - b (b <= a) for a, b in 0..12
+ADD_RANGE = range(13)  # a + b and a - b (b <= a) for a, b in 0..12
 MUL_RANGE = range(1, 10)  # a x b for a, b in 1..9
 CONVERSION_RANGE = range(1, 11)
 

@@ -35,7 +35,7 @@ def loading_notice():
 
 NOTICE = loading_notice()
 
-from baichuan13b.web.page import (  # noqa: E402  (after the loading notice, on purpose)
+from baichuan13b.web.page import (  # after the loading notice, on purpose
     AVATARS,
     LABELS,
     ChatStore,

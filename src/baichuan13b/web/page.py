@@ -373,7 +373,7 @@ class TokenCounter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tokenizer, name)
 
-    def stream_decoder(self, *args: Any, **kwargs: Any) -> "_CountedDecoder":
+    def stream_decoder(self, *args: Any, **kwargs: Any) -> _CountedDecoder:
         return _CountedDecoder(self.tokenizer.stream_decoder(*args, **kwargs), self)
 
 
