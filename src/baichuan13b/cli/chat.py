@@ -3,7 +3,8 @@
 Streaming by default. At the prompt: ``clear`` empties the history, ``stream`` toggles streaming, ``exit``
 quits; Ctrl+C stops the current answer without leaving (the partial answer stays in the history), Ctrl+D
 quits. Line editing and history come from prompt_toolkit. When standard input is not a terminal, each line is
-one user message and each answer is printed on its own line, so the chat can be scripted.
+one user message and each answer is printed on its own line, so the chat can be scripted. A message that is
+not valid text (undecodable bytes, a lone surrogate) is refused with a message on stderr and the chat goes on.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Callable, Iterable, TextIO
 
 from ..chat import chat as chat_answer
 from ..tensor_parallel import broadcast_object, is_main_process
+from ..tokenizer import InvalidTextError, check_text
 from .common import (
     DEFAULT_HUB_MODEL,
     add_model_arguments,
     add_sampling_arguments,
     default_model,
+    err,
     is_demo,
     load,
     sampling_overrides,
@@ -62,7 +65,10 @@ class ChatSession:
         """Answer ``text``, writing the answer through ``write`` (in pieces when streaming).
 
         A KeyboardInterrupt stops the answer; what was generated so far is kept in the history and returned.
+        Text that is not valid Unicode raises :class:`~baichuan13b.tokenizer.InvalidTextError` before anything
+        changes (the history stays as it was).
         """
+        check_text(text, "the message")
         if self.announce:
             self.announce(("answer", text))
         self.messages.append({"role": "user", "content": text})
@@ -97,7 +103,10 @@ def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO) -> None:
         if command == "stream":
             session.stream = not session.stream
             continue
-        session.answer(text, lambda s: (out.write(s), out.flush()))
+        try:
+            session.answer(text, lambda s: (out.write(s), out.flush()))
+        except InvalidTextError as e:  # an empty answer line keeps one output line per input line
+            err(f"baichuan chat: message not sent: {e}")
         out.write("\n")
         out.flush()
 
@@ -128,6 +137,11 @@ def run_interactive(session: ChatSession, model_name: str) -> None:
             session.stream = not session.stream
             print(f"(streaming {'on' if session.stream else 'off'})", flush=True)
             continue
+        try:
+            check_text(text, "the message")
+        except InvalidTextError as e:
+            print(f"(message not sent: {e})", flush=True)
+            continue
         print(f"\n{model_name}: ", end="", flush=True)
         session.answer(text, lambda s: print(s, end="", flush=True))
         print(flush=True)
@@ -152,6 +166,8 @@ DEMO_BANNER = ("（这是百川演示模型：一个在本机训练的极小离�
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.system is not None:
+        check_text(args.system, "--system")  # e.g. undecodable bytes on the command line
     model, tokenizer = load(args)
     if is_demo(args.model or default_model()) and sys.stdin.isatty():
         print(DEMO_BANNER, flush=True)
@@ -166,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         if sys.stdin.isatty():
             run_interactive(session, "Baichuan")
         else:
+            # Undecodable bytes become lone surrogates, refused line by line, instead of ending the chat.
+            sys.stdin.reconfigure(errors="surrogateescape")
             run_lines(session, sys.stdin, sys.stdout)
     finally:
         if session.announce:
