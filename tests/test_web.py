@@ -27,12 +27,17 @@ from baichuan13b.tokenizer import BaichuanTokenizer
 from baichuan13b.web.page import (
     APP_PATH,
     LABELS,
+    ChatStore,
     Conversation,
     InputTooLongError,
+    InvalidTextError,
     Settings,
     argv_from_namespace,
     build_parser,
     check_input_fits,
+    check_message,
+    clamp_setting,
+    is_blank,
     load_chat_model,
     parse_args,
     settings_to_overrides,
@@ -170,6 +175,44 @@ def test_stop_reply_fixes_the_history_while_the_stream_is_still_open(loaded):
     next(stream)
     conv.clear()
     assert list(stream) == [] and conv.messages == []
+
+
+def test_answers_record_exact_token_counts_and_the_length_cut(loaded):
+    model, tok = loaded  # never ends by itself: every answer is cut at max new tokens
+    conv = Conversation()
+    text = list(conv.reply(model, tok, "hello there", max_new_tokens=5))[-1]
+    answer = conv.messages[-1]
+    assert (answer.tokens, answer.cut, answer.stopped) == (5, True, False)
+    prompt = model.build_chat_input(tok, [user("hello there")], 5).shape[1]
+    assert answer.prompt_tokens == prompt and answer.stats(1024).startswith("5 tokens · ")
+    assert f"context used {prompt + 5}/1024" in answer.stats(1024)
+    assert answer.note() == "✂️ " + LABELS["cut"].format(n=5)
+    grown = list(conv.continue_reply(model, tok, max_new_tokens=4))[-1]
+    assert grown.startswith(text) and len(grown) > len(text)
+    assert (answer.tokens, answer.cut, answer.content) == (9, True, grown)
+    conv.truncate(0)
+    assert conv.messages == []
+    with pytest.raises(ValueError, match="no answer cut"):
+        next(conv.continue_reply(model, tok))
+
+
+def test_clamped_settings_blank_and_invalid_messages_and_the_chat_store(loaded):
+    _, tok = loaded
+    assert clamp_setting("n", 5, 1, 512) == (5, None)
+    assert clamp_setting("n", 0, 1, 512)[0] == 1 and "1–512" in clamp_setting("n", 0, 1, 512)[1]
+    assert clamp_setting("n", 99999, 1, 512)[0] == 512
+    assert is_blank("  \n\t ") and is_blank(None) and not is_blank(" a ")
+    with pytest.raises(InvalidTextError, match="your message .*U\\+D800"):
+        check_message(tok, "hi \ud800", None, 1024, 12)
+    with pytest.raises(InvalidTextError, match="the system prompt"):
+        check_message(tok, "hi", "be \udc00 brief", 1024, 12)
+    store = ChatStore(capacity=2)
+    a, b = ChatStore.new_id(), ChatStore.new_id()
+    assert ChatStore.valid_id(a) and not ChatStore.valid_id("../x") and not ChatStore.valid_id(None)
+    first = store.get(a)
+    assert store.get(a) is first and store.get(b) is not first
+    store.get(ChatStore.new_id())  # a third chat: the least recently used (a) is forgotten
+    assert len(store) == 2 and store.get(a) is not first
 
 
 def test_long_history_is_truncated_the_official_way(short_model):

@@ -37,8 +37,9 @@ from ..chat import build_chat_input, chat
 from ..checkpoint import DEMO_NAME
 from ..cli.common import add_model_arguments, add_sampling_arguments, display_name, load, sampling_overrides
 from ..generation import GenerationConfig, stream_text
-from ..generation.decode import resolve_config
+from ..generation.decode import resolve_config, tokens_that_fit
 from ..model import ContextLengthError
+from ..tokenizer import InvalidTextError, check_text
 
 APP_PATH = Path(__file__).resolve().with_name("app.py")
 
@@ -294,21 +295,6 @@ class InputTooLongError(ValueError):
     """The new message (with the system prompt) cannot fit in the part of the context the prompt may use."""
 
 
-class InvalidTextError(ValueError):
-    """Text that is not valid Unicode text (a lone surrogate cannot be encoded, so no tokenizer can read it)."""
-
-
-def check_text(text: str, what: str = "your message") -> None:
-    """Raise :class:`InvalidTextError` naming the first character of ``text`` that is not valid text."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InvalidTextError(
-            f"{what} contains U+{ord(text[e.start]):04X} at position {e.start}, a lone surrogate (half of a "
-            "character pair, e.g. from a broken copy and paste), which is not text; remove it and send again"
-        ) from None
-
-
 def is_blank(text: str | None) -> bool:
     """A message with nothing but whitespace is not sent."""
     return text is None or not text.strip()
@@ -521,8 +507,8 @@ class Conversation:
             prompt_tokens = build_chat_input(model, counter.tokenizer, conversation, generation_config=cfg).shape[1]
             new_tokens = counter.count
             budget = cfg.max_new_tokens
-            if not model.config.allow_length_extrapolation:
-                budget = min(budget, model.config.max_position - prompt_tokens - before[0])
+            if not model.config.allow_length_extrapolation:  # the decode path's own limit
+                budget = min(budget, tokens_that_fit(model.config.max_position, prompt_tokens + before[0]))
             with self._lock:
                 if self._writer == me:
                     answer.stopped = False
@@ -585,7 +571,7 @@ class ChatStore:
 def check_message(tokenizer: Any, text: str, system: str | None, context: int, max_new_tokens: int) -> None:
     """Everything the page checks before sending ``text``: valid text (message and system prompt), and that it
     fits (:func:`check_input_fits`). Raises :class:`InvalidTextError` or :class:`InputTooLongError`."""
-    check_text(text)
+    check_text(text, "your message")
     if system:
         check_text(system, "the system prompt")
     check_input_fits(tokenizer, text, system, context, max_new_tokens)
