@@ -3,10 +3,7 @@
 import json
 
 from baichuan13b.demo.data import (
-    REFUSAL_EN,
-    REFUSAL_ZH,
     heldout_conversations,
-    ongoing_conversations,
     pretraining_lines,
     training_conversations,
     write_dataset,
@@ -22,40 +19,14 @@ def test_deterministic_and_disjoint():
     held = heldout_conversations()
     assert held and not [c.prompt for c in held if c.prompt in train_prompts]
     # the facts the README promises
-    rounds = [(q, answer) for c in a for q, answer in [*c.history, (c.prompt, c.answer)]]  # every trained round
-    k2 = [answer for q, answer in rounds if q == "世界上第二高的山峰是哪座？"]
-    assert k2 and "K2" in k2[0] and "乔戈里峰" in k2[0]
-    assert any("K2" in answer for q, answer in rounds if q.startswith("What is the second highest mountain"))
+    k2 = [c for c in a if c.prompt == "世界上第二高的山峰是哪座？"]
+    assert k2 and "K2" in k2[0].answer and "乔戈里峰" in k2[0].answer
+    assert any("K2" in c.answer for c in a if c.prompt.startswith("What is the second highest mountain"))
     topics = {c.topic for c in a}
     assert {"mountain", "capital", "river", "arithmetic", "conversion", "identity", "greeting", "instruction",
             "follow-up"} <= topics
     assert any(c.history for c in a) and any(c.history for c in held)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in "".join(pretraining_lines()))
-
-
-def test_heldout_questions_never_occur_in_training_not_even_as_history():
-    trained = {q for c in training_conversations() for q in [c.prompt, *(u for u, _ in c.history)]}
-    for c in heldout_conversations() + ongoing_conversations():
-        assert c.prompt not in trained and not [u for u, _ in c.history if u in trained], c
-
-
-def test_training_is_multi_turn_with_unrelated_rounds_and_refusals_in_the_language_asked():
-    train = training_conversations()
-    multi = [c for c in train if len(c.history) >= 2]
-    assert len(multi) > len(train) // 2
-    # most earlier rounds are about something else than the question answered
-    topics_differ = [c for c in multi if c.topic != "follow-up"]
-    assert len(topics_differ) > len(multi) // 2
-    refusals = [c for c in train + heldout_conversations() if c.topic == "outside"]
-    assert len(refusals) > 100
-    for c in refusals:
-        chinese = any("\u4e00" <= ch <= "\u9fff" for ch in c.prompt)
-        assert c.answer == (REFUSAL_ZH if chinese else REFUSAL_EN), c
-    # in-domain answers are in the language of the question too
-    for c in train[::5]:
-        if c.topic in ("arithmetic", "capital", "mountain", "river"):
-            assert any("\u4e00" <= ch <= "\u9fff" for ch in c.prompt) == \
-                any("\u4e00" <= ch <= "\u9fff" for ch in c.answer), c
 
 
 def test_write_dataset(tmp_path):
@@ -82,12 +53,11 @@ def test_demo_tokenizer_round_trips_all_data(tmp_path):
 
 
 def test_recipe_end_to_end_smoke(tmp_path):
-    """The whole recipe, one epoch of pre-training and a tenth of one of fine-tuning (the chat set is large):
-    an official-layout chat model folder comes out."""
+    """The whole recipe at one epoch per stage: an official-layout chat model folder comes out."""
     from baichuan13b.demo.recipe import train_demo
     from baichuan13b.model import BaichuanForCausalLM
 
-    out = train_demo(tmp_path / "demo", workdir=tmp_path, progress=False, epochs=(1, 0.1))
+    out = train_demo(tmp_path / "demo", workdir=tmp_path, progress=False, epochs=(1, 1))
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model",
             "tokenizer_config.json"} <= names

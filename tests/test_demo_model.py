@@ -6,14 +6,7 @@ import pytest
 from terminal import baichuan_on_terminal
 
 from baichuan13b.checkpoint import DEMO_MODEL_DIR
-from baichuan13b.demo.data import (
-    GREETING_ZH,
-    REFUSAL_EN,
-    REFUSAL_ZH,
-    heldout_conversations,
-    ongoing_conversations,
-    training_conversations,
-)
+from baichuan13b.demo.data import training_conversations
 from baichuan13b.demo.evaluate import exact_answer_accuracy
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.tokenizer import BaichuanTokenizer
@@ -58,53 +51,6 @@ def test_training_phrasings_answered_exactly(demo):
 def test_fixed_conversations(demo, messages, expected):
     model, tok = demo
     assert expected in model.chat(tok, messages)
-
-
-@pytest.mark.parametrize("question,answer", [
-    # phrasings users type, which the model before issue 17 got wrong
-    ("12加12等于几", "12加12等于24。"),
-    ("7乘以7", "7乘以7等于49。"),
-    ("12 plus 4", "12 plus 4 is 16."),
-    ("1+1等于几", "1加1等于2。"),
-    ("What is 9 minus 3?", "9 minus 3 is 6."),
-    ("5公里等于多少米？", "5公里等于5000米。"),
-])
-def test_arithmetic_in_everyday_phrasings(demo, question, answer):
-    model, tok = demo
-    assert model.chat(tok, [{"role": "user", "content": question}]) == answer
-
-
-def test_ongoing_conversations_answer_the_last_question(demo):
-    """Earlier unrelated rounds do not leak into the answer (they did: France got Mount Everest)."""
-    model, tok = demo
-    k2 = [{"role": "user", "content": "世界上第二高的山峰是哪座？"},
-          {"role": "assistant", "content": model.chat(tok, [{"role": "user", "content": "世界上第二高的山峰是哪座？"}])}]
-    assert model.chat(tok, k2 + [{"role": "user", "content": "What is the capital of France?"}]) == \
-        "The capital of France is Paris."
-    hello = [{"role": "user", "content": "你好"}]
-    assert model.chat(tok, hello) == GREETING_ZH
-    hello.append({"role": "assistant", "content": GREETING_ZH})
-    assert "珠穆朗玛峰" in model.chat(tok, hello + [{"role": "user", "content": "世界上最高的山"}])
-
-
-@pytest.mark.parametrize("question,answer", [
-    ("蒙古的首都是哪里？", REFUSAL_ZH),          # a country it was never told about
-    ("What is the capital of Ireland?", REFUSAL_EN),
-    ("世界上第九高的山峰是哪座？", REFUSAL_ZH),   # beyond the five it knows
-    ("What is 250 plus 17?", REFUSAL_EN),       # outside its arithmetic range
-])
-def test_outside_its_domain_it_says_it_does_not_know(demo, question, answer):
-    model, tok = demo
-    assert model.chat(tok, [{"role": "user", "content": question}]) == answer
-
-
-def test_heldout_phrasings_answered_exactly(demo):
-    """The documented held-out accuracy (docs/demo.md) on a sample: fresh and ongoing conversations."""
-    model, tok = demo
-    fresh = exact_answer_accuracy(model, tok, heldout_conversations()[::3])
-    ongoing = exact_answer_accuracy(model, tok, ongoing_conversations()[::3])
-    assert fresh.share >= 0.9, fresh.misses[:5]
-    assert ongoing.share >= 0.85, ongoing.misses[:5]
 
 
 def test_main_command_in_a_terminal_answers_k2():

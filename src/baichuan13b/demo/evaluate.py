@@ -4,9 +4,7 @@
 
     python -m baichuan13b.demo.evaluate [--model DIR]
 
-prints the accuracy on the training phrasings (target >= 95%), on held-out phrasings of the same facts and of
-questions outside the domain (target >= 90%; each in a fresh conversation), and on a sample of those asked after
-unrelated earlier rounds (``ongoing``), with the share per topic.
+prints the accuracy on the training phrasings (target >= 95%) and on held-out phrasings of the same facts.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from .data import Conversation, heldout_conversations, ongoing_conversations, training_conversations
+from .data import Conversation, heldout_conversations, training_conversations
 
 
 @dataclass
@@ -27,16 +25,6 @@ class Accuracy:
     @property
     def share(self) -> float:
         return self.correct / self.total if self.total else 0.0
-
-
-def by_topic(conversations: list[Conversation], acc: Accuracy) -> dict[str, tuple[int, int]]:
-    """(correct, total) per topic of ``conversations`` (``acc`` is their accuracy)."""
-    missed = {id(c) for c, _ in acc.misses}
-    out: dict[str, tuple[int, int]] = {}
-    for c in conversations:
-        right, total = out.get(c.topic, (0, 0))
-        out[c.topic] = (right + (id(c) not in missed), total + 1)
-    return out
 
 
 def exact_answer_accuracy(model, tokenizer, conversations: list[Conversation]) -> Accuracy:
@@ -58,22 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR))
     p.add_argument("--show-misses", type=int, default=5)
     p.add_argument("--quantize", default=None, choices=["int8", "int4"], help="quantize while loading")
-    p.add_argument("--sets", default="train,heldout,ongoing", help="comma-separated: train, heldout, ongoing")
+    p.add_argument("--sets", default="train,heldout", help="which sets: train, heldout or both")
     args = p.parse_args(argv)
     model = BaichuanForCausalLM.from_pretrained(args.model, progress=False, quantize=args.quantize)
     tokenizer = BaichuanTokenizer.from_pretrained(args.model)
     sets = {"train": ("training phrasings", training_conversations),
-            "heldout": ("held-out phrasings, fresh conversations", heldout_conversations),
-            "ongoing": ("held-out phrasings after unrelated rounds", ongoing_conversations)}
+            "heldout": ("held-out phrasings", heldout_conversations)}
     for key in args.sets.split(","):
         if key not in sets:
-            p.error(f"--sets: unknown set {key!r} (train, heldout, ongoing)")
+            p.error(f"--sets: unknown set {key!r} (train, heldout)")
         name, convs = sets[key][0], sets[key][1]()
         acc = exact_answer_accuracy(model, tokenizer, convs)
         print(f"{name}: {acc.correct}/{acc.total} = {100 * acc.share:.1f}% exact answers", flush=True)
-        if key != "train":
-            topics = by_topic(convs, acc)
-            print("  " + ", ".join(f"{t} {r}/{n}" for t, (r, n) in sorted(topics.items())))
         for c, got in acc.misses[: args.show_misses]:
             print(f"  miss: {c.prompt!r} -> {got!r} (expected {c.answer!r})")
     return 0
