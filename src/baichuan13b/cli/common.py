@@ -66,6 +66,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantize the weights while loading (weight-only int8 per channel, or int4 group-wise); "
                         "a folder written by `baichuan quantize` is loaded as saved")
     g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    g.add_argument("--no-prepack", dest="prepack", action="store_false",
+                   help="CPU: keep the weights in PyTorch's layout (default: bfloat16 linear weights are "
+                        "prepacked for oneDNN, faster decoding; see docs/performance.md)")
     g.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder (PEFT format: adapter_config.json + adapter_model.safetensors/.bin) "
                         "applied on top of --model")
@@ -94,8 +97,11 @@ def sampling_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def load(args: argparse.Namespace):
-    """Load (model, tokenizer) as the flags say, with a progress bar on stderr."""
+def load(args: argparse.Namespace, for_inference: bool = True):
+    """Load (model, tokenizer) as the flags say, with a progress bar on stderr.
+
+    ``for_inference``: on CPU, prepack the linear weights for decoding (unless ``--no-prepack``); callers that
+    change or save the weights (adapter merging) pass False."""
     from ..model import BaichuanForCausalLM
     from ..tokenizer import BaichuanTokenizer
 
@@ -128,6 +134,10 @@ def load(args: argparse.Namespace):
         load_adapter(model, adapter)
     if world > 1:
         apply_tensor_parallel(model)
+    elif for_inference and getattr(args, "prepack", True) and not adapter:
+        from ..cpu_linear import pack_linear_weights
+
+        pack_linear_weights(model)  # CPU bfloat16 linears only; a no-op on GPUs
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer
 
