@@ -118,3 +118,18 @@ def test_no_prefix_cache_flags(loaded):
     chat_cli.add_arguments(p)
     assert p.parse_args(["--no-prefix-cache"]).no_prefix_cache and not p.parse_args([]).no_prefix_cache
     assert parse_args(["--no-prefix-cache"]).no_prefix_cache
+
+
+def test_each_call_may_bring_its_own_tokenizer_object(loaded):
+    """The web page wraps the tokenizer per answer (to count tokens): the engine and its cache are still shared,
+    and the call's tokenizer is the one that decodes the answer."""
+    from baichuan13b.web.page import TokenCounter
+
+    model, tok = loaded
+    messages = [{"role": "user", "content": "The quick brown fox " * 5}]
+    first = model.chat(tok, messages, max_new_tokens=5, do_sample=False)
+    engine = chat_engine(model, tok)
+    before = engine.blocks.hit_tokens
+    counter = TokenCounter(tok)
+    assert model.chat(counter, messages, max_new_tokens=5, do_sample=False) == first
+    assert chat_engine(model, counter) is engine and engine.blocks.hit_tokens > before and counter.count == 5

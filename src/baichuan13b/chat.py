@@ -134,7 +134,7 @@ def chat_engine(model: "BaichuanForCausalLM", tokenizer: Any):
     place), so a stale prefix is never reused."""
     from .serving.engine import DEFAULT_BLOCK_SIZE, Engine
 
-    key = (id(tokenizer), model.dtype, model.device, model.config.max_position)
+    key = (model.dtype, model.device, model.config.max_position)  # (each request brings its tokenizer)
     weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
     with _engine_lock:
         held = model.__dict__.get("_chat_engine")
@@ -167,24 +167,26 @@ def chat(
     """
     cfg = resolve_config(model, generation_config, overrides)
     input_ids = build_chat_input(model, tokenizer, messages, generation_config=cfg)
-    if model.config.allow_length_extrapolation:  # beyond the context: only the contiguous cache grows freely
-        pieces = stream_text(model, tokenizer, input_ids, cfg)
-    else:
-        pieces = _engine_pieces(model, tokenizer, input_ids[0].tolist(), cfg, prefix_cache)
+    pieces = stream_prompt(model, tokenizer, input_ids[0].tolist(), cfg, prefix_cache)
     if stream:
         return _cumulative(pieces)
     return "".join(pieces)
 
 
-def _engine_pieces(model, tokenizer, prompt: list[int], cfg: GenerationConfig, prefix_cache: bool) -> Iterator[str]:
-    """The answer's text pieces from the chat engine; sampling without a seed draws from the global generator,
-    as ``stream_text`` does."""
+def stream_prompt(model: "BaichuanForCausalLM", tokenizer: Any, prompt: list[int], cfg: GenerationConfig,
+                  prefix_cache: bool = True) -> Iterator[str]:
+    """The new text after the chat prompt ids ``prompt``, piece by piece, through the chat engine (reusing the
+    cached prefix unless ``prefix_cache=False``); sampling without a seed draws from the global generator, as
+    ``stream_text`` does. With ``config.allow_length_extrapolation`` (beyond the context) ``stream_text``."""
+    if model.config.allow_length_extrapolation:  # beyond the context: only the contiguous cache grows freely
+        yield from stream_text(model, tokenizer, torch.tensor([prompt], device=model.device), cfg)
+        return
     from .serving.engine import global_generator
 
     max_new = _new_token_budget(model, len(prompt), int(cfg.max_new_tokens))  # errors as generate's
     engine = chat_engine(model, tokenizer)
     generator = None if cfg.greedy or cfg.seed is not None else global_generator(model.lm_head.weight.device)
-    events = engine.stream(prompt, cfg, max_new, prefix_cache=prefix_cache, generator=generator)
+    events = engine.stream(prompt, cfg, max_new, prefix_cache=prefix_cache, generator=generator, tokenizer=tokenizer)
     try:
         for event in events:
             if event.text:

@@ -319,7 +319,7 @@ class Engine:
     def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
                max_new_tokens: int | None = None, request_id: str | None = None, fit: bool = False, *,
                logprobs: int | None = None, echo: bool = False,
-               prefix_cache: bool = True, generator: torch.Generator | None = None) -> str:
+               prefix_cache: bool = True, generator: torch.Generator | None = None, tokenizer: Any = None) -> str:
         """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
 
         Args:
@@ -336,6 +336,7 @@ class Engine:
                 with ``echo``: every prompt position is computed to be scored).
             generator: where sampling draws from (default: a new generator seeded by ``config.seed``, else
                 randomly).
+            tokenizer: detokenises this request (default: the engine's; the same vocabulary).
 
         Returns the request id (for :meth:`abort`). Raises ``ValueError`` for a bad prompt,
         :class:`~baichuan13b.model.ContextLengthError` when it does not fit, :class:`QueueFullError`,
@@ -368,7 +369,7 @@ class Engine:
         seq = _Request(
             token_ids=prompt, prefix_cache=prefix_cache and not echo, id=request_id or uuid.uuid4().hex,
             order=next(self._order), config=cfg, max_new=max_new,
-            sink=sink, text=TextStream(self.tokenizer, cfg.eos_token_ids, cfg.stop_strings),
+            sink=sink, text=TextStream(self.tokenizer if tokenizer is None else tokenizer, cfg.eos_token_ids, cfg.stop_strings),
             sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
             generator=generator, seen=seen, logprobs=logprobs, echo=echo)
         with self._lock:
@@ -402,7 +403,8 @@ class Engine:
     def stream(self, prompt_ids: list[int], config: GenerationConfig | None = None,
                max_new_tokens: int | None = None, **options: Any) -> Iterator[Event]:
         """Submit and iterate over the events from the calling thread; closing the iterator aborts the request.
-        A failed request raises its error. ``options``: ``prefix_cache``, ``generator`` (see :meth:`submit`).
+        A failed request raises its error. ``options``: ``prefix_cache``, ``generator``, ``tokenizer`` (see
+        :meth:`submit`).
 
         Without the scheduler thread the engine steps on the calling thread (several threads may do so: they
         take turns, and each step advances every request).
