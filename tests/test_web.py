@@ -65,10 +65,10 @@ def assistant(text):
 
 @pytest.fixture(scope="module")
 def web_dir(tmp_path_factory, tiny_tokenizer_dir):
-    """A tiny random chat model with tokenizer; a context of 1024 leaves room for a long answer to stop."""
+    """A tiny random chat model with tokenizer; a context of 4096 leaves room for a long answer to stop."""
     # never_eos: the long answer of the stop test must still be streaming when the stop button is clicked.
     return write_chat_model(tmp_path_factory.mktemp("webmodel"), tiny_tokenizer_dir, generation_config=GEN,
-                            max_position=1024, never_eos=True)
+                            max_position=4096, never_eos=True)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,8 @@ def test_answers_record_exact_token_counts_and_the_length_cut(loaded):
     prompt = model.build_chat_input(tok, [user("hello there")], 5).shape[1]
     assert answer.prompt_tokens == prompt and answer.stats(1024).startswith("5 tokens · ")
     assert f"context used {prompt + 5}/1024" in answer.stats(1024)
+    # An answer may fill the context and one token more (its last token is never fed back): shown as full.
+    assert f"context used {prompt + 4}/{prompt + 4}" in answer.stats(prompt + 4)
     assert answer.note() == "✂️ " + LABELS["cut"].format(n=5)
     grown = list(conv.continue_reply(model, tok, max_new_tokens=4))[-1]
     assert grown.startswith(text) and len(grown) > len(text)
@@ -238,7 +240,7 @@ def test_model_facts(web_dir):
     loaded = load_chat_model(["--model", str(web_dir), "--no-progress", "--temperature", "0.5"])
     facts = loaded.facts
     assert (facts.name, facts.dtype, facts.quantization, facts.device, facts.context, facts.position) == \
-        (web_dir.name, "float32", "none", "cpu", 1024, "ALiBi")
+        (web_dir.name, "float32", "none", "cpu", 4096, "ALiBi")
     assert loaded.title == web_dir.name
     assert loaded.defaults.temperature == 0.5 and loaded.defaults.max_new_tokens == 12  # flag over the file
     assert facts.parameters == BaichuanForCausalLM.from_pretrained(web_dir, progress=False).num_parameters()
@@ -273,7 +275,7 @@ def test_page_answers_and_refuses_too_long_input(app_test, web_dir, loaded):
     at.toggle(key="markdown").set_value(False).run()
     at.chat_input[0].set_value("hello there").run()
     assert same_text(at.text[-1].value, model.chat(tok, [user("hello there")], max_new_tokens=8))
-    at.chat_input[0].set_value("鑫龘" * 400).run()  # byte-fallback pieces: far more than 512 tokens
+    at.chat_input[0].set_value("鑫龘" * 1200).run()  # byte-fallback pieces: far more than the 4096-token context
     assert not at.exception
     assert LABELS["too_long"] in at.error[0].value
     assert len(at.chat_message) == 3  # greeting, question, answer: the refused message is not in the history
@@ -461,8 +463,8 @@ def test_chat_in_a_real_browser(browser, server, web_dir, loaded, tmp_path):
     assert a.texts() == shown_a  # untouched by B
 
     # Stop: a long answer is cut off; the partial text stays in the history and the chat goes on.
-    b.set_max_new_tokens(1000)
-    full = model.chat(tok, [user("The quick brown fox"), assistant(other), user("go on")], max_new_tokens=1000)
+    b.set_max_new_tokens(4000)
+    full = model.chat(tok, [user("The quick brown fox"), assistant(other), user("go on")], max_new_tokens=4000)
     box = b.page.get_by_test_id("stChatInputTextArea")
     box.fill("go on")
     box.press("Enter")
@@ -552,7 +554,7 @@ def test_blank_invalid_and_too_long_messages(browser, server, web_dir, loaded):
     wait_until(a.ready, "the page after a blank message")
     assert a.bubbles().count() == 1  # the greeting only: no empty bubble, no answer
 
-    long_text = "鑫龘" * 400
+    long_text = "鑫龘" * 1200  # byte-fallback pieces: more than the 4096-token context
     a.type_and_enter(long_text)
     error = a.page.get_by_text(LABELS["too_long"])
     wait_until(lambda: error.count() == 1 and a.ready(), "the too-long message")
@@ -636,13 +638,13 @@ def test_max_new_tokens_out_of_range_is_clamped_shown_and_used(browser, server, 
     a = ChatPage(browser, url)
     a.plain_text()
     a.set_max_new_tokens(0, shown=1)
-    note = a.page.get_by_test_id("stSidebar").get_by_text("1–1024")
+    note = a.page.get_by_test_id("stSidebar").get_by_text("1–4096")
     assert note.count() == 1
     assert same_text(a.send("hello there", expected_bubbles=3), model.chat(tok, [user("hello there")],
                                                                            max_new_tokens=1))
     assert a.page.get_by_text(LABELS["cut"].format(n=1)).count() == 1  # used: one token
-    a.set_max_new_tokens(99999, shown=1024)
-    assert note.count() == 1 and "1024" in note.text_content()
+    a.set_max_new_tokens(99999, shown=4096)
+    assert note.count() == 1 and "4096" in note.text_content()
     a.screenshot("web-clamped.png")
     a.context.close()
 
@@ -674,7 +676,7 @@ def test_chat_tools_copy_regenerate_edit_reload_stats_system(browser, server, lo
     # the web model never ends by itself: 7 tokens generated; the context holds the prompt and those 7
     prompt = model.build_chat_input(tok, [sys_msg, user("hello there"), assistant(first), user("你好")], 7)
     assert stats.count() == 1 and stats.text_content().startswith("7 tokens · ")
-    assert f"{prompt.shape[1] + 7}/1024" in stats.text_content()
+    assert f"{prompt.shape[1] + 7}/4096" in stats.text_content()
 
     # copy: the exact answer text reaches the clipboard
     a.bubbles().last.get_by_role("button", name=LABELS["copy"]).click()

@@ -414,7 +414,7 @@ class Message:
         if self.role != "assistant" or self.tokens is None or self.seconds is None or self.stopped:
             return None
         rate = f"{self.tokens / self.seconds:.1f}" if self.seconds > 0 else "-"
-        return LABELS["stats"].format(n=self.tokens, rate=rate, used=(self.prompt_tokens or 0) + self.tokens,
+        return LABELS["stats"].format(n=self.tokens, rate=rate, used=min((self.prompt_tokens or 0) + self.tokens, context),
                                       context=context)
 
 
