@@ -171,6 +171,6 @@ def config_from_spec(spec: str) -> ModelConfig:
 
 
 def write_json(results: list[SpeedResult], path: str | Path) -> None:
-    from ..checkpoint import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(path, json.dumps([asdict(r) for r in results], indent=2) + "\n")

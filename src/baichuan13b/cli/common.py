@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import DEMO_MODEL_DIR, DEMO_NAME, model_display_name
+from ..hub import DEMO_MODEL_DIR, DEMO_NAME, model_display_name
 from ..tensor_parallel import apply_tensor_parallel, init_distributed, local_device
 
 DEFAULT_HUB_MODEL = "baichuan-inc/Baichuan-13B-Chat"

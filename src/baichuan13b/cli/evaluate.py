@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from .common import add_model_arguments, display_name, err, load
 
 HELP = "C-Eval / MMLU / CMMLU k-shot accuracy, perplexity, and comparison of reports"

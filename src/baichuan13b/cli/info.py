@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..checkpoint import resolve_dtype
+from ..devices import resolve_dtype
 from ..config import PRESETS, ModelConfig
 from ..quantization import QuantizationConfig, estimate_memory, format_report
 from .common import model_arg, default_model

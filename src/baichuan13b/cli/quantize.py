@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes, resolve_model_path, save_model
+from ..files import atomic_write_bytes
+from ..hub import resolve_model_path
+from ..saving import save_model
 from ..model import BaichuanForCausalLM
 from ..quantization import QuantizationConfig, format_report, memory_report
 from .common import model_arg, default_model, err

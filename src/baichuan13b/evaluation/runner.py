@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from .benchmarks import LETTERS, Benchmark, Question, get_benchmark, load_questions, select_subjects
 from .prompts import Prompt, build_prompt
 from .scoring import extract_letter, letter_token_ids

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import _atomic_write, _fsync_dir, atomic_write_text, load_model, \
-    resolve_model_path
+from ..files import atomic_write, atomic_write_text, fsync_dir
+from ..hub import resolve_model_path
+from ..loading import load_model
 from ..tokenizer import BaichuanTokenizer
 from . import distributed as D
 from .arguments import FinetuneArguments
@@ -111,7 +112,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_torch(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _as_float(t: torch.Tensor) -> float:
@@ -506,7 +507,7 @@ class Trainer:
                 shutil.rmtree(old)
             else:
                 tmp.rename(final)
-            _fsync_dir(self.out)
+            fsync_dir(self.out)
         D.barrier(self.info)
         return final
 
@@ -543,7 +544,7 @@ class Trainer:
         if self.lora is not None:
             load_adapter(raw, ckpt, trainable=True)
             return
-        from ..checkpoint import find_weight_files, iter_tensors
+        from ..weights import find_weight_files, iter_tensors
 
         sd: dict[str, torch.Tensor] = {}
         for file in find_weight_files(ckpt).files:
