@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..files import atomic_write_text
-from .common import add_model_arguments, display_name, err, load
+from .common import add_model_arguments, display_name, err, load, require_extra
 
 HELP = "C-Eval / MMLU / CMMLU k-shot accuracy, perplexity, and comparison of reports"
 
@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--literal_text", "--literal-text", action="store_true",
                    help="use the CSV text as written (the official scripts read it with pandas, which prints "
                         "'None'/'NA' options as 'nan'; that is the default here)")
-    g.add_argument("--label", default=None, help="name of this run in tables (default: the model folder name)")
+    g.add_argument("--label", default=None,
+                   help="name of this run in tables (default: the model's name, see --model-name)")
     g2 = p.add_argument_group("perplexity (--task ppl)")
     g2.add_argument("--text", default=None, help="UTF-8 text file")
     g2.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
@@ -70,6 +71,8 @@ def _compare(args: argparse.Namespace) -> int:
     from ..evaluation.report import compare_chart, compare_reports
 
     labels = _split_list(args.labels) or None
+    if args.output_dir:
+        require_extra("eval", "baichuan eval --compare --output_dir", "the comparison chart")
     text = compare_reports(args.compare, labels)
     print(text)
     if args.output_dir:
@@ -108,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.output_dir:
         raise ValueError("--output_dir is needed (results are written there, subject by subject)")
+    require_extra("eval", "baichuan eval", "the report chart")
     from ..evaluation.runner import EvalSettings, evaluate
 
     settings = EvalSettings(split=args.split, shots=args.shots, subjects=_split_list(args.subjects) or None,

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import os
 
-from .common import add_model_arguments, display_name, err, load
+from .common import add_model_arguments, display_name, err, load, require_extra
 
 HELP = "serve an OpenAI-compatible API (continuous batching)"
 
@@ -23,15 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--port", type=int, default=8000, help="port to listen on")
     g.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $BAICHUAN_API_KEY if set, else no key)")
-    g.add_argument("--served-model-name", default=None,
-                   help="the model name clients send (default: the model folder's name or the hub id)")
     g.add_argument("--cors-origins", default=None, metavar="ORIGINS",
                    help="comma-separated origins allowed by CORS, e.g. https://app.example.com (default: no CORS)")
     g.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest accepted request body")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log verbosity")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache slots)")
     e.add_argument("--max-queue", type=int, default=256,
@@ -48,9 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..serving import Engine
-    from ..serving.api import create_app, serve
-
+    require_extra("serve", "baichuan serve")
     api_key = args.api_key if args.api_key is not None else os.environ.get("BAICHUAN_API_KEY") or None
     if args.api_key is not None and not args.api_key:
         raise ValueError("--api-key is empty")
@@ -58,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     origins = [o.strip() for o in (args.cors_origins or "").split(",") if o.strip()]
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
+    from ..serving import Engine
+    from ..serving.api import create_app, serve
+
     model, tokenizer = load(args)
     kv_bytes = None
     if args.kv_cache_memory is not None:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
                     max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes)
-    name = args.served_model_name or display_name(args)
+    name = display_name(args)  # --served-model-name / --model-name, else the model's own name
     if api_key is None and not _is_loopback(args.host):
         err(f"baichuan serve: warning: listening on {args.host} without an API key; anyone who can reach this "
             f"address can use the model (give --api-key)")

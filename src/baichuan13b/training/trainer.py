@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..files import atomic_write, atomic_write_text, fsync_dir
 from ..hub import resolve_model_path
 from ..loading import load_model
@@ -189,10 +190,12 @@ class Trainer:
         # base in the compute dtype and the adapters in float32.
         dtype = torch.float32 if full or not (a.fp16 or a.bf16) else (torch.float16 if a.fp16 else torch.bfloat16)
         source = self.resume_dir if (full and self.resume_dir is not None) else base
+        # Flags bounded by the model are checked on its config.json, before the weights are read.
+        config = ModelConfig.from_pretrained(source)
+        a.cutoff_len, note = a.resolve_cutoff_len(config.max_position)
+        if note:
+            self._log(note)
         model = load_model(source, torch_dtype=dtype, device_map=str(info.device), progress=False)
-        if a.cutoff_len > model.config.max_position:
-            raise ValueError(f"--cutoff_len {a.cutoff_len} exceeds the model's context of "
-                             f"{model.config.max_position} tokens")
         if full:
             for p in model.parameters():
                 p.requires_grad_(True)
