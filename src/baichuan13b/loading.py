@@ -41,6 +41,7 @@ def load_model(
     strict: bool = True,
     quantize: str | int | None = None,
     group_size: int = 128,
+    tensor_parallel: tuple[int, int] | None = None,
 ) -> "BaichuanForCausalLM":
     """Load an official Baichuan checkpoint (folder or hub id) into a :class:`BaichuanForCausalLM`.
 
@@ -65,6 +66,13 @@ def load_model(
             target device (the float model never exists; see :mod:`baichuan13b.quantization`), with int4
             groups of ``group_size``. A folder whose config.json has a ``quantization_config`` is loaded as
             saved, without re-quantization (asking for another quantization is an error).
+        tensor_parallel: ``(rank, world)``: build this rank's shard of a tensor-parallel model (see
+            :mod:`baichuan13b.tensor_parallel`) and read only its slices of the parallel weights from the files
+            (safetensors slices, views of the memory-mapped ``.bin``), so that host memory per rank is about the
+            sharded weights / world + the replicated ones + one tensor. With ``quantize``, each rank quantizes
+            its own shard (int8: per output channel of the shard; int4: the shard's input width must be a
+            multiple of the group size). A folder saved quantized cannot be loaded this way (its stored scales
+            belong to the whole weights): load the float checkpoint with ``quantize``.
 
     Raises:
         CheckpointError: missing, unexpected (strict) or mis-shaped tensors (named, with both shapes), corrupt
@@ -88,6 +96,19 @@ def load_model(
 
     with torch.device("meta"):
         model = BaichuanForCausalLM(config)
+    select = None
+    if tensor_parallel is not None:
+        from . import tensor_parallel as tp
+
+        rank, world = tensor_parallel
+        if "quantization_config" in config.extra:
+            raise CheckpointError(f"{folder} is saved quantized; tensor parallelism needs the float checkpoint "
+                                  "(quantize while loading with --quantize instead)")
+        try:
+            tp.shard_layers(model, rank, world)  # meta: only the shapes change
+        except ValueError as e:
+            raise CheckpointError(f"{folder}: {e}") from e
+        select = _tensor_parallel_selector(config, rank, world)
     quant = None  # receives the tensors of quantized modules
     if quantize is not None or "quantization_config" in config.extra:
         from .quantization import QuantizationConfig, QuantizationError, prepare_quantized_load
@@ -113,7 +134,7 @@ def load_model(
         for file in weights.files:
             expected_here = ({n for n, s in weights.weight_map.items() if s == file.name}
                              if weights.weight_map is not None else None)
-            for name, tensor in iter_tensors(file):
+            for name, tensor in iter_tensors(file, select):
                 if name in seen_in:
                     raise CheckpointError(f"tensor {name} appears in both {seen_in[name]} and {file.name}")
                 seen_in[name] = file.name
@@ -182,12 +203,30 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.init_position_buffers(model.model.embed_tokens.weight.device)
+    if tensor_parallel is not None:
+        tp.add_all_reduce_hooks(model)  # on the final modules (quantized ones included)
+        tp.shard_position_buffers(model, *tensor_parallel)
     model.eval()
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     else:
         model.generation_config = GenerationConfig.from_model_config(config)
     return model
+
+
+def _tensor_parallel_selector(config: ModelConfig, rank: int, world: int):
+    """``iter_tensors`` selector reading rank ``rank``'s slices of the parallel weights (after checking the whole
+    tensor's shape, so that a mismatch is reported in checkpoint terms)."""
+    from .tensor_parallel import full_shape, shard_ranges
+
+    def select(name: str, shape: tuple[int, ...]):
+        ranges = shard_ranges(config, name, rank, world)
+        if ranges is not None and tuple(shape) != full_shape(config, name):
+            raise CheckpointError(f"tensor {name} has shape {list(shape)}, the model expects "
+                                  f"{list(full_shape(config, name))} (does config.json match the weights?)")
+        return ranges
+
+    return select
 
 
 def _check_shape(name: str, tensor: torch.Tensor, param: torch.Tensor, file: Path) -> None:

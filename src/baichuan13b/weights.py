@@ -19,11 +19,14 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from .errors import CheckpointError, first_line
+
+# select(name, shape) -> the (dim, start, stop) ranges of the tensor to read, concatenated along dim; None: all.
+Selector = Callable[[str, tuple[int, ...]], "Sequence[tuple[int, int, int]] | None"]
 
 __all__ = [
     "BIN_INDEX", "BIN_SINGLE", "SAFE_INDEX", "SAFE_SINGLE", "SKIPPED_SUFFIXES", "WeightFiles",
@@ -154,11 +157,15 @@ def _load_bin(file: Path) -> Any:
         raise _corrupt(file, f"bad pickle data ({reason})" if reason else first_line(e)) from e
 
 
-def iter_tensors(file: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(file: str | os.PathLike, select: Selector | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for each tensor of a ``.safetensors`` or ``.bin`` file, on CPU.
 
     ``.bin`` files are read with ``torch.load(mmap=True, weights_only=True)``: the tensors may alias the
     memory-mapped file, so copy them before the file changes.  ``.safetensors`` files are read tensor by tensor.
+
+    ``select(name, shape)`` may return ``(dim, start, stop)`` ranges: only those parts of the tensor are read
+    (safetensors slices; views of the memory-mapped ``.bin``), concatenated along ``dim``. Tensor parallelism
+    uses it so that each rank reads just its own slices.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt ("checkpoint file X is truncated or corrupt:
@@ -169,7 +176,7 @@ def iter_tensors(file: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {file} does not exist")
     if file.suffix == ".safetensors":
-        yield from _iter_safetensors(file)
+        yield from _iter_safetensors(file, select)
     elif file.suffix == ".bin":
         state = _load_bin(file)
         if not isinstance(state, Mapping):
@@ -180,13 +187,17 @@ def iter_tensors(file: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
             if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
                 raise CheckpointError(f"checkpoint file {file} holds {name!r} = {type(tensor).__name__}, not a tensor "
                                       "(only flat state dicts of tensors are supported)")
+            ranges = select(name, tuple(tensor.shape)) if select is not None else None
+            if ranges:
+                pieces = [tensor.narrow(dim, start, stop - start) for dim, start, stop in ranges]
+                tensor = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=ranges[0][0])
             yield name, tensor
         del state
     else:
         raise CheckpointError(f"checkpoint file {file} is neither .safetensors nor .bin")
 
 
-def _iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_safetensors(file: Path, select: Selector | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -196,7 +207,17 @@ def _iter_safetensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
     with handle as f:
         for name in f.keys():
             try:
-                tensor = f.get_tensor(name)
+                tensor = f.get_tensor(name) if select is None else _read_selected(f, name, select)
             except SafetensorError as e:
                 raise _corrupt(file, f"tensor {name}: {first_line(e)}") from e
             yield name, tensor
+
+
+def _read_selected(f: Any, name: str, select: Selector) -> torch.Tensor:
+    """Tensor ``name`` of an open safetensors file, or only the ranges ``select`` asks for (read from disk)."""
+    part = f.get_slice(name)
+    ranges = select(name, tuple(part.get_shape()))
+    if not ranges:
+        return f.get_tensor(name)
+    pieces = [part[start:stop] if dim == 0 else part[:, start:stop] for dim, start, stop in ranges]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=ranges[0][0])

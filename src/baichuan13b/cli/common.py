@@ -336,19 +336,24 @@ def load(args: argparse.Namespace):
     if device == "auto" and not torch.cuda.is_available():
         device = "cpu"
     rank, world = init_distributed()  # under torchrun: join the group, one device per rank
+    # Under torchrun each rank reads only its slices of the checkpoint (and quantizes its own shard); with an
+    # adapter the whole model is loaded first, the adapter applied, then the model is sharded.
+    sliced = world > 1 and not adapter
     if world > 1:
-        if getattr(args, "quantize", None):
-            raise ValueError("--quantize cannot be combined with tensor parallelism (torchrun) yet")
+        if adapter and getattr(args, "quantize", None):
+            raise ValueError("--adapter with --quantize cannot run under tensor parallelism (torchrun): merge the "
+                             "adapter first (baichuan export) and quantize the merged model")
         device = str(local_device())
     model = BaichuanForCausalLM.from_pretrained(model_path, torch_dtype=args.dtype, device_map=device,
                                                 progress=not args.no_progress and rank == 0,
                                                 quantize=getattr(args, "quantize", None),
-                                                group_size=getattr(args, "group_size", 128))
+                                                group_size=getattr(args, "group_size", 128),
+                                                tensor_parallel=(rank, world) if sliced else None)
     if adapter:
         from ..training.lora import load_adapter
 
         load_adapter(model, adapter)
-    if world > 1:
+    if world > 1 and not sliced:
         apply_tensor_parallel(model)
     adapt_generation_defaults(model, args)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
