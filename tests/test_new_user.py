@@ -101,10 +101,11 @@ def test_checkpoint_max_new_tokens_beyond_the_context_adapts_and_says_so(tmp_pat
 @pytest.mark.parametrize("flags, message", [
     (["generate", "--max-new-tokens", "600"], "--max-new-tokens 600 leaves no room for a prompt in the model's "
                                               "context of 512 tokens"),
-    (["eval", "--task", "ppl", "--text", "x.txt", "--max_length", "4096"],
+    (["eval", "--task", "ceval", "--output_dir", "{tmp}", "--max_length", "4096"],
      "--max_length 4096 exceeds the model's context of 512 tokens"),
 ])
-def test_explicit_values_beyond_the_context_are_refused_before_loading(flags, message, capsys, no_loading):
+def test_explicit_values_beyond_the_context_are_refused_before_loading(flags, message, tmp_path, capsys, no_loading):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     argv = flags[:1] + ["--model", "demo", "--prompt", "hi"] * (flags[0] == "generate") + ["--model", "demo"] * (
         flags[0] != "generate") + flags[1:]
     code, _, err = run_cli(argv, capsys)
@@ -252,3 +253,16 @@ def test_piped_chat_no_history_answers_each_line_alone(chat_dir, capsys, monkeyp
     assert out == f"{alone[0]}\n{alone[1]}\n"
     assert "one conversation" in _subparsers(build_parser())["chat"].description.lower()  # the default is documented
 
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--model", "demo", "--task", "cevl", "--output_dir", "{tmp}"], "unknown benchmark 'cevl'"),
+    (["eval", "--model", "demo", "--task", "ppl", "--text", "{tmp}/nope.txt"], "--text {tmp}/nope.txt: no such file"),
+    (["generate", "--model", "demo", "--prompt", "hi", "--adapter", "{tmp}/nope"],
+     "--adapter {tmp}/nope: no adapter_config.json"),
+    (["finetune", "--stage", "sft", "--model_name_or_path", "demo", "--do_train", "--dataset", "nope",
+      "--output_dir", "{tmp}/out", "--dataset_dir", "{tmp}"], "unknown dataset 'nope'"),
+])
+def test_other_bad_inputs_are_reported_before_loading(argv, message, tmp_path, capsys, no_loading):
+    code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert code != 0 and message.replace("{tmp}", str(tmp_path)) in err, err

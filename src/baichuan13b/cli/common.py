@@ -331,6 +331,13 @@ def load(args: argparse.Namespace):
         if not model_path:
             raise ValueError(f"{adapter} is a LoRA adapter without base_model_name_or_path: give --model BASE "
                              f"--adapter {adapter}")
+    elif adapter:  # checked now: a wrong folder costs no loading time
+        from ..training.lora import read_adapter
+
+        try:
+            read_adapter(adapter)
+        except ValueError as e:
+            raise ValueError(f"{typed_flag(args, 'adapter')} {adapter}: {e}") from e
     check_flags(args, model_path)
     device = args.device
     if device == "auto" and not torch.cuda.is_available():

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--task ppl runs alone (it reads --text, not the benchmark files)")
         if not args.text:
             raise ValueError("--task ppl needs --text FILE")
+        if not Path(args.text).is_file():
+            raise ValueError(f"--text {args.text}: no such file")
         from ..evaluation.perplexity import perplexity_of_file
 
         model, tokenizer = load(args)
@@ -109,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         if args.output_dir:
             atomic_write_text(Path(args.output_dir) / "perplexity.json", json.dumps(result, indent=1) + "\n")
         return 0
+    from ..evaluation.benchmarks import get_benchmark
+
+    for name in tasks:  # before loading: a typo in --task costs no loading time
+        get_benchmark(name)
     if not args.output_dir:
         raise ValueError("--output_dir is needed (results are written there, subject by subject)")
     require_extra("eval", "baichuan eval", "the report chart")

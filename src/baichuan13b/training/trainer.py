@@ -137,6 +137,8 @@ class Trainer:
         if self.engine == "fsdp2" and args.finetuning_type == "lora":
             raise ValueError("--distributed_engine fsdp2 is for full fine-tuning; LoRA trains with ddp")
         self.resume_dir = self._resolve_resume()
+        # Resolved now, before the model is loaded: an unknown dataset or a missing file costs no loading time.
+        self.dataset_specs = resolve_datasets(args.dataset, args.dataset_dir)
         self.lora: LoraSettings | None = None
         self.log_records: list[dict[str, Any]] = []
 
@@ -220,7 +222,7 @@ class Trainer:
 
     def _load_data(self) -> None:
         a = self.args
-        specs = resolve_datasets(a.dataset, a.dataset_dir)
+        specs = self.dataset_specs
         if a.stage == "pt":
             examples = load_pt_examples(specs, self.tokenizer, self.chat_ids.eos_token_id, a.cutoff_len)
         else:
