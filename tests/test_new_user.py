@@ -266,3 +266,13 @@ def test_piped_chat_no_history_answers_each_line_alone(chat_dir, capsys, monkeyp
 def test_other_bad_inputs_are_reported_before_loading(argv, message, tmp_path, capsys, no_loading):
     code, _, err = run_cli([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
     assert code != 0 and message.replace("{tmp}", str(tmp_path)) in err, err
+
+
+def test_errors_name_the_spelling_typed(tmp_path, tiny_tokenizer_dir, capsys, no_loading):
+    base = make_base(tmp_path / "base", tiny_tokenizer_dir)
+    data = write_dataset(tmp_path / "data", qa_pairs(8))
+    argv = ["finetune"] + finetune_argv(base, data, tmp_path / "out", cutoff_len=None, max_steps=1)
+    code, _, err = run_cli(argv + ["--cutoff-len", "256"], capsys)
+    assert code != 0 and "--cutoff-len 256 exceeds" in err and "--cutoff_len" not in err
+    code, _, err = run_cli(argv + ["--lora-rank", "0"], capsys)
+    assert code != 0 and "--lora-rank must be positive" in err

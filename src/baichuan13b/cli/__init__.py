@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from .common import HelpFormatter, normalize_argv, plain_text
+from .common import HelpFormatter, in_typed_spelling, normalize_argv, plain_text
 
 # Subcommand name -> module of this package. Each module has HELP, add_arguments(parser) and run(args).
 SUBCOMMANDS = {
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (FileNotFoundError, ValueError) as e:
         # Configuration and input errors: one clear line, no traceback (CheckpointError is a ValueError).
-        print(f"baichuan {args.command}: error: {e}", file=sys.stderr)
+        print(f"baichuan {args.command}: error: {in_typed_spelling(str(e), args)}", file=sys.stderr)
         return 2
     finally:
         _leave_process_group(wait_for_peers=False)

@@ -84,6 +84,15 @@ def normalize_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tupl
     return out, typed
 
 
+def in_typed_spelling(message: str, args: argparse.Namespace) -> str:
+    """``message`` with each flag the user typed in the other spelling written as typed (``--cutoff_len`` ->
+    ``--cutoff-len`` when that is what the command line said)."""
+    for typed in (getattr(args, "_typed_flags", None) or {}).values():
+        for other in {"--" + typed[2:].replace("-", "_"), "--" + typed[2:].replace("_", "-")} - {typed}:
+            message = re.sub(rf"(?<![\w-]){re.escape(other)}(?![\w-])", typed, message)
+    return message
+
+
 def typed_flag(args: argparse.Namespace, dest: str, default: str | None = None) -> str:
     """The flag for ``dest`` as the user typed it (``--max_new_tokens`` or ``--max-new-tokens``)."""
     typed = getattr(args, "_typed_flags", None) or {}
