@@ -17,7 +17,8 @@ import argparse
 import sys
 from typing import Callable, Iterable, TextIO
 
-from ..chat import chat as chat_answer, max_input_tokens
+from ..chat import chat as chat_answer
+from ..chat import max_input_tokens
 from ..generation.decode import resolve_config
 from ..tensor_parallel import broadcast_object, is_main_process
 from .common import (
