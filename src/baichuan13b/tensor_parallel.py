@@ -6,6 +6,10 @@ one all-reduce each, so a block costs two all-reduces. ALiBi slopes are split wi
 and ``lm_head`` are replicated, so every rank computes the same logits and samples the same tokens (given the
 same seed). Module and parameter names do not change.
 
+Loading for tensor parallelism (``load_model(..., tensor_parallel=(rank, world))``, what the CLI does under
+``torchrun``) builds the sharded shapes on the meta device and reads only this rank's slices from the files
+(:func:`shard_ranges`), so a rank never holds the whole model; ``--quantize`` then quantizes each rank's shard.
+
 ::
 
     torchrun --nproc_per_node 2 -m baichuan13b generate --model PATH --prompt "..."
