@@ -16,10 +16,9 @@ from checkpoints import write_chat_model
 
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.serving import Engine
-from baichuan13b.serving.api import DrainingServer, create_app
+from baichuan13b.serving.api import DrainingServer, create_app, server_config
 from baichuan13b.tokenizer import BaichuanTokenizer
 
-import uvicorn
 
 MODEL_NAME = "tiny-chat"
 API_KEY = "test-key-123"
@@ -56,13 +55,16 @@ class RunningServer:
     """``create_app`` + uvicorn on a free loopback port in a thread; ``close()`` shuts it down."""
 
     def __init__(self, model, tokenizer, *, api_key: str | None = API_KEY, engine_kwargs: dict | None = None,
-                 **app_kwargs):
+                 keep_alive_timeout: float = 5.0, model_name: str = MODEL_NAME, **app_kwargs):
         self.engine = Engine(model, tokenizer, **(engine_kwargs or {}))
-        self.app = create_app(self.engine, model_name=MODEL_NAME, api_key=api_key, **app_kwargs)
+        self.app = create_app(self.engine, model_name=model_name, api_key=api_key, **app_kwargs)
         self.sock = free_port()
         host, port = self.sock.getsockname()
         self.base_url = f"http://{host}:{port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        # The configuration `baichuan serve` runs (header deadline, keep-alive timeout), on this socket.
+        config = server_config(self.app, log_level="warning", keep_alive_timeout=keep_alive_timeout,
+                               **({"read_timeout": app_kwargs["read_timeout"]} if "read_timeout" in app_kwargs
+                                  else {}))
         self.server = DrainingServer(config, self.app)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

@@ -59,6 +59,32 @@ def test_overlong_last_message_truncated_from_left():
     assert out[:-1] == ([U] + ids("x" * 30))[-10:]
 
 
+def test_truncated_prompt_leaves_room_for_exactly_max_new_tokens():
+    """Issue 12: the official format keeps context - max_new tokens and appends the assistant token (one more
+    than context - max_new); the ids stay exactly that, and since the last new token is never read back, exactly
+    max_new tokens still fit. Below half the context the budget is context // 2, and what fits is less."""
+    from baichuan13b.generation.decode import tokens_that_fit
+
+    content = "abcdefghij" * 10
+    for max_len, max_new in ((20, 5), (20, 10), (512, 16), (512, 128)):
+        out = build([{"role": "user", "content": content * 6}], max_len=max_len, max_new=max_new)
+        history = max(max_len // 2, max_len - max_new)
+        assert out == ([U] + ids(content * 6))[-history:] + [A]  # left-truncated, then the assistant token
+        assert tokens_that_fit(max_len, len(out)) == min(max_new, max_len - history + 1)
+    # whole rounds: the round that would pass the budget is dropped, the newest kept in full
+    msgs = [{"role": "user", "content": "a" * 8}, {"role": "assistant", "content": "b" * 4},
+            {"role": "user", "content": "c" * 6}]
+    out = build(msgs, max_len=20, max_new=7)  # budget 13: the newest round (7) fits, with the previous (14) not
+    assert out == [U, *ids("c" * 6), A] and tokens_that_fit(20, len(out)) >= 7
+
+
+def test_invalid_text_in_a_message_is_refused_naming_it():
+    from baichuan13b.tokenizer import InvalidTextError
+
+    with pytest.raises(InvalidTextError, match="message 1 content is not valid Unicode"):
+        build([{"role": "user", "content": "fine"}, {"role": "assistant", "content": "x\ud800"}])
+
+
 def test_system_extension_and_errors():
     msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
     assert build(msgs) == [*ids("sys"), U, *ids("hi"), A]
@@ -110,3 +136,23 @@ def test_chat_stop_strings_cut_the_answer(chat_model):
     stop = full[2:4]
     cut = model.chat(tok, msgs, generation_config=model.generation_config.update(stop_strings=[stop]))
     assert cut == full[: full.find(stop)]
+
+
+def test_terminal_chat_refuses_undecodable_input_and_goes_on():
+    """`baichuan chat` reading lines that are not UTF-8 (or a --system that is not): a clear message, no traceback;
+    the other lines are answered."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    command = [sys.executable, "-m", "baichuan13b", "chat", "--model", "demo", "--no-progress", "--max-new-tokens",
+               "2"]
+    run = subprocess.run(command, input=b"hello\n\xff\xfe bad\n\xe4\xbd\xa0\xe5\xa5\xbd\n", capture_output=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()
+    assert len(run.stdout.decode().split("\n")) == 4  # three answer lines (the refused one empty) and the end
+    assert "not valid Unicode" in run.stderr.decode() and "Traceback" not in run.stderr.decode()
+    bad_system = subprocess.run([*command, "--system", os.fsdecode(b"be \xff brief")], input=b"hi\n",
+                                capture_output=True, env=env, timeout=120)
+    assert bad_system.returncode == 2 and "--system is not valid Unicode" in bad_system.stderr.decode()

@@ -160,11 +160,15 @@ def test_repetition_penalty_changes_greedy_output_and_ignores_padding():
 
 
 def test_max_new_tokens_capped_by_context_and_overlong_prompt_errors():
+    """The model reads at most 16 tokens; the last new token is never read, so 10 + 7 tokens come out, and a
+    prompt that fills the context still gets its one token (the official chat format relies on it)."""
     model = tiny_model(max_position=16)
     ids = torch.randint(3, 97, (1, 10))
-    assert generate(model, ids, max_new_tokens=100, eos_token_id=None).shape == (1, 16)
+    assert generate(model, ids, max_new_tokens=100, eos_token_id=None).shape == (1, 17)
+    full = torch.randint(3, 97, (1, 16))
+    assert generate(model, full, max_new_tokens=5, eos_token_id=None).shape == (1, 17)
     with pytest.raises(ContextLengthError, match="context of 16"):
-        generate(model, torch.randint(3, 97, (1, 16)), max_new_tokens=1)
+        generate(model, torch.randint(3, 97, (1, 17)), max_new_tokens=1)
 
 
 def test_stream_tokens_can_be_closed_early():

@@ -32,7 +32,7 @@ def no_loading(monkeypatch):
 
 def run_cli(argv, capsys, stdin: str | None = None, monkeypatch=None):
     if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8"))
     code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err

@@ -3,7 +3,9 @@
 Official format: walking the messages newest first, a user turn is ``[user_token_id] + content`` and an
 assistant turn ``[assistant_token_id] + content + [eos]``. Whole rounds (a user turn and the answers after it)
 are kept while they fit in ``max(model_max_length // 2, model_max_length - max_new_tokens)`` tokens; the result
-is truncated from the left and ``assistant_token_id`` appended.
+is truncated from the left and ``assistant_token_id`` appended. The answer still gets ``max_new_tokens``
+(unless the ``model_max_length // 2`` floor applies): its last token is never fed back to the model, so a prompt
+of ``n`` tokens leaves room for ``model_max_length - n + 1`` (``generation.decode.tokens_that_fit``).
 
 Extension (not in the official model): a leading ``{"role": "system", ...}`` message is encoded as plain tokens
 at the very start of the prompt, before the kept rounds, and its length is taken from the history budget (the
@@ -18,6 +20,7 @@ import torch
 
 from .generation import GenerationConfig, stream_text
 from .generation.decode import resolve_config
+from .tokenizer import check_text
 
 if TYPE_CHECKING:
     from .model import BaichuanForCausalLM
@@ -26,7 +29,8 @@ ROLES = ("system", "user", "assistant")
 
 
 def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
-    """Raise ``ValueError`` naming the first malformed message."""
+    """Raise ``ValueError`` naming the first malformed message (an :class:`~baichuan13b.tokenizer.InvalidTextError`
+    for content that is not valid Unicode)."""
     if not messages:
         raise ValueError("messages is empty: a chat needs at least one user message")
     for i, m in enumerate(messages):
@@ -36,6 +40,7 @@ def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
             raise ValueError(f"message {i} has unknown role {m['role']!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
             raise ValueError(f"message {i} content must be a string, got {type(m['content']).__name__}")
+        check_text(m["content"], f"message {i} content")
         if m["role"] == "system" and i != 0:
             raise ValueError(f"message {i}: a system message is only allowed first")
 

@@ -40,6 +40,8 @@ from .files import read_json_object
 __all__ = [
     "BaichuanTokenizer",
     "StreamDecoder",
+    "InvalidTextError",
+    "check_text",
     "VOCAB_FILE_NAME",
     "TOKENIZER_CONFIG_NAME",
     "SPECIAL_TOKENS_MAP_NAME",
@@ -52,6 +54,26 @@ _TOKENIZER_FILES = (VOCAB_FILE_NAME, TOKENIZER_CONFIG_NAME, SPECIAL_TOKENS_MAP_N
 
 PathLike = Union[str, "os.PathLike[str]"]
 TextInput = Union[str, Sequence[str]]
+
+
+class InvalidTextError(ValueError):
+    """Text that is not valid Unicode (a lone UTF-16 surrogate, e.g. from the JSON escape ``"\\ud800"`` or from
+    undecodable bytes read with ``errors="surrogateescape"``): it has no UTF-8 form, so it cannot be tokenised."""
+
+
+def check_text(text: str, what: str = "text") -> str:
+    """Return ``text`` unchanged when it is valid Unicode; else raise :class:`InvalidTextError` naming ``what``
+    and the position of the first lone surrogate. Every path from user text to tokens goes through this check
+    (:meth:`BaichuanTokenizer.encode` calls it), so invalid text is refused, never silently altered."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidTextError(
+            f"{what} is not valid Unicode: it contains the lone surrogate U+{ord(text[e.start]):04X} at character "
+            f"{e.start} (send UTF-8 text; a surrogate escape such as \\ud83d must be followed by its pair)"
+        ) from None
+    return text
+
 
 # "name" or "org/name" as used on the Hugging Face Hub.
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
@@ -377,7 +399,7 @@ class BaichuanTokenizer:
         """Split ``text`` into SentencePiece pieces (no bos/eos added)."""
         if not isinstance(text, str):
             raise TypeError(f"tokenize expects str, got {type(text).__name__}")
-        return self.sp_model.encode(text, out_type=str)
+        return self.sp_model.encode(check_text(text), out_type=str)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Encode ``text`` to ids, exactly like ``sp.encode(text)``.
@@ -388,10 +410,12 @@ class BaichuanTokenizer:
         Special-token *strings* appearing in ``text`` (e.g. ``"</s>"``) are encoded
         as plain text, never as control ids: this prevents prompt injection of
         control tokens.  (The legacy HF slow tokenizer split them out of the text.)
+
+        Text that is not valid Unicode (a lone surrogate) raises :class:`InvalidTextError` (a ``ValueError``).
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
-        ids: list[int] = self.sp_model.encode(text)
+        ids: list[int] = self.sp_model.encode(check_text(text))
         if add_special_tokens:
             if self.add_bos_token and self.bos_token_id is not None:
                 ids = [self.bos_token_id] + ids

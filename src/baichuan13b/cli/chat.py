@@ -7,8 +7,10 @@ quits. Line editing and history come from prompt_toolkit.
 When standard input is not a terminal, each line is one user message and each answer is printed on its own line,
 so the chat can be scripted. The lines form ONE conversation (each answer sees the earlier lines and answers, as
 at the terminal; a line "clear" starts a new one); --no-history answers every line as an independent question.
-A message longer than the model can read (its context less the answer's --max-new-tokens) is refused with a
-message on stderr, never cut silently; piped, the remaining lines are still answered and the exit status is 1.
+A message that is not valid text (undecodable bytes, a lone surrogate) is refused with a message on stderr and
+the chat goes on. A message longer than the model can read (its context less the answer's --max-new-tokens) is
+refused with a message on stderr, never cut silently; piped, the remaining lines are still answered and the exit
+status is 1.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from ..chat import chat as chat_answer
 from ..chat import max_input_tokens
 from ..generation.decode import resolve_config
 from ..tensor_parallel import broadcast_object, is_main_process
+from ..tokenizer import InvalidTextError, check_text
 from .common import (
     DEFAULT_HUB_MODEL,
     add_model_arguments,
     add_sampling_arguments,
     default_model,
+    err,
     is_demo,
     load,
     sampling_overrides,
@@ -94,8 +98,10 @@ class ChatSession:
         """Answer ``text``, writing the answer through ``write`` (in pieces when streaming).
 
         A KeyboardInterrupt stops the answer; what was generated so far is kept in the history and returned.
-        Raises :class:`MessageTooLongError` (the history unchanged) when the message does not fit.
+        Text that is not valid Unicode raises :class:`~baichuan13b.tokenizer.InvalidTextError`, and a message
+        that does not fit :class:`MessageTooLongError`, before anything changes (the history stays as it was).
         """
+        check_text(text, "the message")
         self.check_length(text)
         if self.announce:
             self.announce(("answer", text))
@@ -138,6 +144,8 @@ def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO, errors: T
             continue
         try:
             session.answer(text, lambda s: (out.write(s), out.flush()))
+        except InvalidTextError as e:  # an empty answer line keeps one output line per input line
+            err(f"baichuan chat: message not sent: {e}")
         except MessageTooLongError as e:
             print(f"baichuan chat: error: {e}", file=errors, flush=True)
             status = 1
@@ -173,7 +181,11 @@ def run_interactive(session: ChatSession, model_name: str) -> None:
             print(f"(streaming {'on' if session.stream else 'off'})", flush=True)
             continue
         try:
+            check_text(text, "the message")
             session.check_length(text)
+        except InvalidTextError as e:
+            print(f"(message not sent: {e})", flush=True)
+            continue
         except MessageTooLongError as e:
             print(f"\n({e})", flush=True)
             continue
@@ -201,6 +213,8 @@ DEMO_BANNER = ("（这是百川演示模型：一个在本机训练的极小离�
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.system is not None:
+        check_text(args.system, "--system")  # e.g. undecodable bytes on the command line
     model, tokenizer = load(args)
     if is_demo(args.model or default_model()) and sys.stdin.isatty():
         print(DEMO_BANNER, flush=True)
@@ -216,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
         if sys.stdin.isatty():
             run_interactive(session, "Baichuan")
         else:
+            # Undecodable bytes become lone surrogates, refused line by line, instead of ending the chat.
+            sys.stdin.reconfigure(errors="surrogateescape")
             status = run_lines(session, sys.stdin, sys.stdout)
     finally:
         if session.announce:

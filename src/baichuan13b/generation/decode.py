@@ -101,16 +101,27 @@ def resolve_config(model: "BaichuanForCausalLM", generation_config: GenerationCo
     return cfg.update(**overrides) if overrides else cfg
 
 
+def tokens_that_fit(context: int, prompt_len: int) -> int:
+    """New tokens that fit after a prompt of ``prompt_len`` tokens in a context of ``context`` positions.
+
+    The model reads at most ``context`` tokens, and the last new token is sampled from the logits of the last
+    position and never read back: ``context - prompt_len + 1`` (0 when the prompt alone is over the context).
+    This is the room the official chat format leaves: it keeps ``context - max_new_tokens`` tokens of history,
+    then appends the assistant token, and still ``max_new_tokens`` fit.
+    """
+    return max(0, context - prompt_len + 1)
+
+
 def _new_token_budget(model: "BaichuanForCausalLM", prompt_len: int, max_new_tokens: int) -> int:
     context = model.config.max_position
     if model.config.allow_length_extrapolation:
         return max_new_tokens
-    if prompt_len >= context:
+    if prompt_len > context:
         raise ContextLengthError(
-            f"prompt of {prompt_len} tokens leaves no room to generate within the model's context of "
-            f"{context} tokens; shorten the prompt"
+            f"prompt of {prompt_len} tokens is longer than the model's context of {context} tokens; shorten "
+            f"the prompt"
         )
-    return min(max_new_tokens, context - prompt_len)
+    return min(max_new_tokens, tokens_that_fit(context, prompt_len))
 
 
 def decode_step(model: "BaichuanForCausalLM", tokens: torch.Tensor, input_pos: torch.Tensor, cache,

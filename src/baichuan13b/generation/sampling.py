@@ -2,6 +2,11 @@
 
 Order, as in ``transformers``: repetition penalty, then temperature, top-k, top-p, then sample (or argmax).
 All functions take float logits [B, V] and return new tensors.
+
+Numerically safe for every setting the config accepts: a scaling that would overflow (a repetition penalty of
+1e-300 divides positive logits by almost zero, a small temperature multiplies them) saturates at the dtype's
+largest finite value instead of reaching ``inf`` (and ``0 / tiny`` is 0, never NaN), so the softmax in
+:func:`select_next` only ever sees finite logits or the ``-inf`` of filtered tokens. Saturated tokens tie.
 """
 
 from __future__ import annotations
@@ -11,21 +16,32 @@ import torch
 from .config import GenerationConfig
 
 
+def _scaled(logits: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """``scaled`` (a scaling of ``logits``) with overflow saturated at the dtype's finite range and ``0 / tiny``
+    (NaN when the divisor rounds to 0 in the logits' dtype) as 0. Entries that are not finite in ``logits`` (the
+    ``-inf`` of filtered tokens) stay as they are: a positive factor leaves an infinity unchanged."""
+    limit = torch.finfo(scaled.dtype).max
+    safe = torch.nan_to_num(scaled, nan=0.0, posinf=limit, neginf=-limit)
+    return torch.where(torch.isfinite(logits), safe, logits)
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """Penalise every token already present (``seen`` [B, V] bool, prompt and output).
 
-    A positive logit is divided by ``penalty``, a negative one multiplied by it (CTRL / HF semantics).
+    A positive logit is divided by ``penalty``, a negative one multiplied by it (CTRL / HF semantics); the result
+    saturates at the dtype's finite range (see the module docstring).
     """
     if penalty == 1.0:
         return logits
-    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    penalised = _scaled(logits, torch.where(logits < 0, logits * penalty, logits / penalty))
     return torch.where(seen, penalised, logits)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``, saturating at the dtype's finite range (see the module docstring)."""
     if temperature == 1.0:
         return logits
-    return logits / temperature
+    return _scaled(logits, logits / temperature)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ work on free rows. One scheduler iteration:
 4. decode: one batched forward ``[n, 1]`` over the occupied slots, every row at its own position. Rows still
    in prefill take part with a placeholder token whose cache slot is given back (their next chunk overwrites it);
 5. sample each decoding row with its own settings, detokenise, check eos / stop strings / length, and report.
+   A failure while sampling or detokenising one row ends that request alone (an error event; the others go on).
 
 Sampling reuses the pure functions of :mod:`baichuan13b.generation`: rows with the same settings go through
 ``process_logits`` together (every operation there is row-wise), and each sampling row draws from its own
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from ..generation import GenerationConfig, TextStream, process_logits, select_next
+from ..generation.decode import tokens_that_fit
 from ..generation.sampling import seen_tokens
 from ..model import ContextLengthError
 from .metrics import ServerMetrics
@@ -215,25 +217,51 @@ class Engine:
                     "tracked": len(self._by_id), "filled_rows": int((self.cache.row_lengths > 0).sum())}
 
     # ------------------------------------------------------------------ requests
-    def new_token_budget(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
-        """New tokens a request may generate: ``max_new_tokens`` (an error if it does not fit in the context), or
-        by default the configured ``max_new_tokens`` capped by the room left in the context."""
+    def new_token_budget(self, prompt_tokens: int, max_new_tokens: int | None, fit: bool = False) -> int:
+        """New tokens a request may generate.
+
+        What fits is ``context - prompt_tokens + 1`` (the last new token is never fed back:
+        :func:`~baichuan13b.generation.decode.tokens_that_fit`). By default (``max_new_tokens=None``) the configured
+        ``max_new_tokens`` capped by what fits. An explicit ``max_new_tokens`` that does not fit is an error, or
+        with ``fit`` (chat prompts, which the official format already truncated for the answer) it is capped to
+        what fits, as ``model.chat`` does; only a ``max_new_tokens`` over the whole context is still an error.
+        """
         ctx = self.context_length
-        if prompt_tokens >= ctx:
+        room = tokens_that_fit(ctx, prompt_tokens)
+        if room == 0:
             raise ContextLengthError(
                 f"this model's maximum context length is {ctx} tokens, but the prompt has {prompt_tokens} tokens: "
                 f"no room is left to generate; shorten the prompt")
         if max_new_tokens is None:
-            return min(int(self.generation_config.max_new_tokens), ctx - prompt_tokens)
-        if prompt_tokens + max_new_tokens > ctx:
+            return min(int(self.generation_config.max_new_tokens), room)
+        if fit and max_new_tokens > ctx:
+            raise ContextLengthError(
+                f"max_tokens {max_new_tokens} is more than this model's maximum context length of {ctx} tokens; "
+                f"lower max_tokens")
+        if max_new_tokens > room and not fit:
             raise ContextLengthError(
                 f"this model's maximum context length is {ctx} tokens, but {prompt_tokens} prompt tokens + "
-                f"max_tokens {max_new_tokens} = {prompt_tokens + max_new_tokens}; lower max_tokens or shorten "
-                f"the prompt")
-        return max_new_tokens
+                f"max_tokens {max_new_tokens} = {prompt_tokens + max_new_tokens} (at most {ctx + 1}: the last "
+                f"token is never read back); lower max_tokens or shorten the prompt")
+        return min(max_new_tokens, room)
+
+    def check_room(self, pending: int = 0) -> None:
+        """Raise what :meth:`submit` would raise now for lack of room (:class:`EngineStoppedError`,
+        :class:`QueueFullError`), counting ``pending`` requests about to be submitted: lets a server refuse
+        before it spends time on a request (tokenising it)."""
+        with self._lock:
+            self._check_room(pending)
+
+    def _check_room(self, pending: int = 0) -> None:  # the caller holds the lock
+        if not self._accepting:
+            raise EngineStoppedError("the server is shutting down and takes no new requests")
+        free = self.max_batch - len(self._running)
+        if len(self._waiting) + pending >= self.max_queue + max(0, free):
+            raise QueueFullError(f"all {self.max_batch} batch slots are busy and {len(self._waiting) + pending} "
+                                 f"requests are waiting; retry later")
 
     def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
-               max_new_tokens: int | None = None, request_id: str | None = None) -> str:
+               max_new_tokens: int | None = None, request_id: str | None = None, fit: bool = False) -> str:
         """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
 
         Args:
@@ -242,6 +270,7 @@ class Engine:
             config: sampling, eos and stop strings (default: the engine's ``generation_config``);
                 ``config.max_new_tokens`` is not used, see ``max_new_tokens``.
             max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`).
+            fit: cap ``max_new_tokens`` to what fits instead of refusing it (see :meth:`new_token_budget`).
 
         Returns the request id (for :meth:`abort`). Raises ``ValueError`` for a bad prompt,
         :class:`~baichuan13b.model.ContextLengthError` when it does not fit, :class:`QueueFullError`,
@@ -254,7 +283,7 @@ class Engine:
         bad = [t for t in prompt if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
-        max_new = self.new_token_budget(len(prompt), max_new_tokens)
+        max_new = self.new_token_budget(len(prompt), max_new_tokens, fit)
         generator = None
         if not cfg.greedy:
             generator = torch.Generator(device=self.logits_device)
@@ -272,14 +301,9 @@ class Engine:
             sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
             generator=generator, seen=seen)
         with self._lock:
-            if not self._accepting:
-                raise EngineStoppedError("the server is shutting down and takes no new requests")
+            self._check_room()
             if seq.id in self._by_id:
                 raise ValueError(f"request id {seq.id!r} is already in use")
-            free = self.max_batch - len(self._running)
-            if len(self._waiting) >= self.max_queue + max(0, free):
-                raise QueueFullError(f"all {self.max_batch} batch slots are busy and {len(self._waiting)} "
-                                     f"requests are waiting; retry later")
             if max_new == 0:  # nothing to generate (configured max_new_tokens of 0)
                 self._emit(seq, Event(finish_reason="length", prompt_tokens=len(prompt)))
                 return seq.id
@@ -400,35 +424,64 @@ class Engine:
             logits = logits.index_select(0, torch.tensor([s.slot for s in decoding], device=logits.device))
         self._accept_tokens(decoding, self._sample(decoding, logits))
 
-    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
-        """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings."""
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int | None]:
+        """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings.
+
+        A group of rows whose sampling fails is sampled again row by row, so that only the rows that fail
+        themselves end (with an error event; their entry is ``None``) and their batch neighbours go on.
+        """
         groups: dict[tuple, list[int]] = {}
         for i, seq in enumerate(seqs):
             groups.setdefault(seq.sampling_key, []).append(i)
         picked: list[tuple[list[int], torch.Tensor]] = []
+        failed: list[tuple[_Sequence, Exception]] = []
         for idx, members in groups.items():
-            cfg = seqs[members[0]].config
             rows = logits if len(members) == len(seqs) else logits[members]  # [g, V]
-            seen = torch.cat([seqs[i].seen for i in members]) if cfg.repetition_penalty != 1.0 else None  # [g, V]
-            processed = process_logits(rows, seen, cfg)
-            if cfg.greedy:
-                tokens = select_next(processed, cfg)  # [g]
-            else:  # one draw per row from the request's own generator
-                tokens = torch.cat([select_next(processed[j: j + 1], cfg, seqs[i].generator)
-                                    for j, i in enumerate(members)])
-            picked.append((members, tokens))
-        out = [0] * len(seqs)
-        values = torch.cat([t for _, t in picked]).tolist()  # one device sync for the whole batch
-        for i, v in zip((i for members, _ in picked for i in members), values):
-            out[i] = v
+            try:
+                picked.append((members, self._sample_group([seqs[i] for i in members], rows)))
+            except Exception:
+                for j, i in enumerate(members):  # isolate the failing rows
+                    try:
+                        picked.append(([i], self._sample_group([seqs[i]], rows[j: j + 1])))
+                    except Exception as e:
+                        failed.append((seqs[i], e))
+        out: list[int | None] = [None] * len(seqs)
+        if picked:
+            values = torch.cat([t for _, t in picked]).tolist()  # one device sync for the whole batch
+            for i, v in zip((i for members, _ in picked for i in members), values):
+                out[i] = v
+        self._fail(failed, "sampling")
         return out
 
-    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int]) -> None:
+    @staticmethod
+    def _sample_group(seqs: list[_Sequence], rows: torch.Tensor) -> torch.Tensor:
+        """Tokens [g] for sequences sharing one sampling setting, from their logits ``rows`` [g, V]."""
+        cfg = seqs[0].config
+        seen = torch.cat([s.seen for s in seqs]) if cfg.repetition_penalty != 1.0 else None  # [g, V]
+        processed = process_logits(rows, seen, cfg)
+        if cfg.greedy:
+            tokens = select_next(processed, cfg)  # [g]
+        else:  # one draw per row from the request's own generator
+            tokens = torch.cat([select_next(processed[j: j + 1], cfg, s.generator) for j, s in enumerate(seqs)])
+        return tokens
+
+    def _fail(self, failed: list[tuple[_Sequence, Exception]], stage: str) -> None:
+        """End each request of ``failed`` alone with its error (logged here, with the request id)."""
+        if not failed:
+            return
+        with self._lock:
+            for seq, error in failed:
+                logger.error("%s failed for request %s; ending that request", stage, seq.id, exc_info=error)
+                if not seq.done:
+                    self._finish(seq, error=error)
+
+    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int | None]) -> None:
         now = time.perf_counter()
         finished: list[tuple[_Sequence, str, str]] = []
         accepted = 0
+        failed: list[tuple[_Sequence, Exception]] = []
         for seq, token in zip(seqs, tokens):
-            if seq.aborted or seq.done:
+            if seq.aborted or seq.done or token is None:
                 continue
             accepted += 1
             seq.generated += 1
@@ -437,21 +490,25 @@ class Engine:
                 self.metrics.ttft_seconds.observe(now - seq.submitted)
             if seq.seen is not None:
                 seq.seen[0, token] = True
-            text = seq.text.put(token)
-            reason = None
-            if seq.text.finished:
-                reason = "stop"
-            elif seq.generated >= seq.max_new:
-                text += seq.text.close()
-                reason = "length"
-            else:
-                seq.last_token = token
+            try:  # detokenising and stop strings: a failure ends this request alone
+                text = seq.text.put(token)
+                reason = None
+                if seq.text.finished:
+                    reason = "stop"
+                elif seq.generated >= seq.max_new:
+                    text += seq.text.close()
+                    reason = "length"
+            except Exception as e:
+                failed.append((seq, e))
+                continue
             if reason is None:
+                seq.last_token = token
                 self._emit(seq, Event(text=text, prompt_tokens=len(seq.prompt), completion_tokens=seq.generated))
             else:
                 seq.done = True
                 finished.append((seq, reason, text))
         self.metrics.generation_tokens.inc(accepted)
+        self._fail(failed, "detokenising")
         if finished:
             with self._lock:
                 for seq, reason, text in finished:

@@ -1,18 +1,24 @@
 """The OpenAI wire format: request models (validated, unknown fields rejected), response models, errors.
 
-Requests are pydantic models, so the server's OpenAPI schema describes exactly what is accepted. Every field the
-server would otherwise ignore is rejected instead (``extra="forbid"``): a setting is either honoured or refused,
-never silently dropped. ``top_k`` and ``repetition_penalty`` are accepted as extra fields (the OpenAI client
-sends them with ``extra_body={...}``).
+Requests are pydantic models, so the server's OpenAPI schema describes exactly what is accepted (lengths, ranges,
+exclusive fields). Every field the server would otherwise ignore is rejected instead (``extra="forbid"``): a
+setting is either honoured or refused, never silently dropped. Types are strict (``strict=True``): ``"0.5"``,
+``false`` or ``"yes"`` are not numbers or booleans, ``[true, false]`` is not a list of token ids. As JSON Schema
+says, an integer is a number (accepted for a float) and a number without a fraction (``10.0``) is an integer. Text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``) is
+refused in every field, naming it. ``top_k`` and ``repetition_penalty`` are accepted as extra fields (the OpenAI
+client sends them with ``extra_body={...}``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+import json
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..generation import GenerationConfig
+from ..tokenizer import check_text
 
 # Limits on what one request may carry (the body size itself is limited by the server).
 MAX_STOP_STRINGS = 4
@@ -20,7 +26,35 @@ MAX_STOP_LENGTH = 256
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 INT32_MAX = 2**31 - 1
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _valid_text(text: str) -> str:
+    check_text(text, "the text")  # an InvalidTextError is a ValueError: pydantic reports it for the field
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]
+"""A string that must be valid Unicode (no lone surrogates): what every text field of a request is."""
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_valid_text)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" is any number without a fractional part: 10.0 is 10. Everything else (a string, a
+    # bool, 10.5) goes on to strict int validation, which refuses it.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _int_in(low: int, high: int) -> Any:
+    """A strict integer in ``[low, high]`` that, as JSON Schema defines integers, also accepts ``10.0`` (the
+    bounds are on the inner int, so that the schema states them)."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
+
+
+NewTokens = _int_in(1, INT32_MAX)
+TokenIds = Annotated[list[Annotated[int, Field(ge=0), BeforeValidator(_integral)]], Field(min_length=1)]
 
 
 class APIError(Exception):
@@ -38,8 +72,14 @@ class APIError(Exception):
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
-    """The JSON body of an OpenAI error."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    """The JSON body of an OpenAI error. Text echoed from the request (a field name, a model name) may hold lone
+    surrogates: they are written as ``\\udXXX`` escapes, so the body is always valid UTF-8."""
+    return {"error": {"message": _printable(message), "type": type,
+                      "param": None if param is None else _printable(param), "code": code}}
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------- requests
@@ -48,7 +88,7 @@ class TextPart(BaseModel):
 
     model_config = _STRICT
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -56,7 +96,7 @@ class ChatMessage(BaseModel):
 
     model_config = _STRICT
     role: Literal["system", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: Union[Text, list[TextPart]]
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -69,45 +109,55 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# The schema of ``stream_options: {...}`` only with ``stream: true`` (what the validator below refuses).
+_STREAM_OPTIONS_NEED_STREAM = {
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+}
+
+
 class _SamplingRequest(BaseModel):
     """Settings shared by chat and text completions."""
 
     model_config = _STRICT
-    model: str
-    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX, description="new tokens at most (default: the "
+    model: Text
+    max_tokens: NewTokens | None = Field(None, description="new tokens at most (default: the "
                                    "model's generation_config.json, capped by the context)")
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
-    top_k: int | None = Field(None, ge=0, le=INT32_MAX, description="extension; 0 disables")
+    top_k: _int_in(0, INT32_MAX) | None = Field(None, description="extension; 0 disables")
     repetition_penalty: float | None = Field(None, gt=0.0, le=100.0, allow_inf_nan=False, description="extension")
-    stop: Union[str, list[str], None] = Field(None, description=f"up to {MAX_STOP_STRINGS} stop strings")
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    n: int = Field(1, description="only 1 is supported")
+    stop: Union[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)],
+                Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]],
+                          Field(max_length=MAX_STOP_STRINGS)], None] = Field(
+        None, description=f"up to {MAX_STOP_STRINGS} stop strings of 1 to {MAX_STOP_LENGTH} characters")
+    seed: _int_in(SEED_MIN, SEED_MAX) | None = None
+    n: _int_in(1, 1) = Field(1, description="only 1 is supported")
     stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=256, description="accepted for compatibility, recorded nowhere")
+    stream_options: StreamOptions | None = Field(None, description="only with stream=true")
+    user: Text | None = Field(None, max_length=256, description="accepted for compatibility, recorded nowhere")
 
-    @field_validator("n")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
+    def _stop_strings(cls, stop: Any) -> Any:
+        # Before the union: clear messages for the common mistakes (the schema states the same limits).
+        stops = [stop] if isinstance(stop, str) else stop
+        if isinstance(stops, list):
+            if len(stops) > MAX_STOP_STRINGS:
+                raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stops)}")
+            for s in stops:
+                if isinstance(s, str):
+                    if not s:
+                        raise ValueError("stop strings must not be empty")
+                    if len(s) > MAX_STOP_LENGTH:
+                        raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters")
+                    check_text(s, "a stop string")
+        return stop
 
     @field_validator("stop")
     @classmethod
-    def _stop_strings(cls, stop: str | list[str] | None) -> list[str] | None:
-        if stop is None:
-            return None
-        stops = [stop] if isinstance(stop, str) else list(stop)
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stops)}")
-        for s in stops:
-            if not s:
-                raise ValueError("stop strings must not be empty")
-            if len(s) > MAX_STOP_LENGTH:
-                raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters")
-        return stops
+    def _stop_list(cls, stop: str | list[str] | None) -> list[str] | None:
+        return None if stop is None else [stop] if isinstance(stop, str) else list(stop)
 
     @field_validator("stream_options")
     @classmethod
@@ -147,18 +197,21 @@ class _SamplingRequest(BaseModel):
 
 
 class ChatCompletionRequest(_SamplingRequest):
-    """``POST /v1/chat/completions``."""
+    """``POST /v1/chat/completions``. ``max_tokens`` and ``max_completion_tokens`` exclude each other."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "not": {"required": ["max_tokens", "max_completion_tokens"]},
+        **_STREAM_OPTIONS_NEED_STREAM})
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX, description="newer name of max_tokens")
+    max_completion_tokens: NewTokens | None = Field(None, description="newer name of max_tokens (give one of them)")
 
-    @field_validator("max_completion_tokens")
+    @model_validator(mode="before")
     @classmethod
-    def _one_max_tokens(cls, value: int | None, info: ValidationInfo) -> int | None:
-        other = info.data.get("max_tokens")
-        if value is not None and other is not None and value != other:
-            raise ValueError("max_tokens and max_completion_tokens disagree; give one of them")
-        return value
+    def _one_max_tokens(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_tokens" in data and "max_completion_tokens" in data:
+            raise PydanticCustomError("exclusive_fields", "max_tokens and max_completion_tokens exclude each "
+                                      "other; give one of them", {"param": "max_completion_tokens"})
+        return data
 
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -170,19 +223,34 @@ class ChatCompletionRequest(_SamplingRequest):
 class CompletionRequest(_SamplingRequest):
     """``POST /v1/completions``: ``prompt`` is text or token ids (one prompt; a list of one is accepted)."""
 
-    prompt: Union[str, list[int], list[str], list[list[int]]]
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_STREAM_OPTIONS_NEED_STREAM)
+    prompt: Union[NonEmptyText, TokenIds, Annotated[list[NonEmptyText], Field(min_length=1, max_length=1)],
+                  Annotated[list[TokenIds], Field(min_length=1, max_length=1)]] = Field(
+        description="text or token ids, or a list holding one of them; never empty")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, prompt: Any) -> Any:
+        # Before the union, whose error would name only its first member: the common mistakes, said clearly.
+        inner = prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
+            inner = prompt[0]
+        if isinstance(inner, (str, list)) and not inner:
+            raise ValueError("prompt is empty")
+        if isinstance(inner, list) and any(isinstance(t, bool) or not isinstance(_integral(t), int) for t in inner):
+            bad = next(t for t in inner if isinstance(t, bool) or not isinstance(_integral(t), int))
+            raise ValueError(f"token ids must be integers, got {json.dumps(bad)}")
+        if isinstance(inner, str):
+            check_text(inner, "the prompt")
+        return prompt
 
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, prompt: Any) -> str | list[int]:
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            if len(prompt) != 1:
-                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
-            prompt = prompt[0]
-        if isinstance(prompt, list) and not prompt:
-            raise ValueError("prompt is empty")
-        if isinstance(prompt, str) and not prompt:
-            raise ValueError("prompt is empty")
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)):
+            return prompt[0]
         return prompt
 
 
@@ -254,3 +322,27 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def state_engine_limits(schema: dict[str, Any], vocab_size: int, context_length: int) -> dict[str, Any]:
+    """Write the served model's limits into the OpenAPI ``schema`` (in place; returned): token ids below
+    ``vocab_size`` and ``max_tokens`` / ``max_completion_tokens`` at most ``context_length`` (more never fits)."""
+    def cap(node: Any, key: str, value: int) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                node[key] = value
+            for child in node.values():
+                cap(child, key, value)
+        elif isinstance(node, list):
+            for child in node:
+                cap(child, key, value)
+
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        properties = components.get(name, {}).get("properties", {})
+        if "prompt" in properties:
+            cap(properties["prompt"], "maximum", vocab_size - 1)
+        for field in ("max_tokens", "max_completion_tokens"):
+            if field in properties:
+                cap(properties[field], "maximum", context_length)
+    return schema
