@@ -26,6 +26,7 @@ from baichuan13b.evaluation import (
 from baichuan13b.evaluation import runner as runner_module
 from baichuan13b.evaluation.benchmarks import Question
 from baichuan13b.evaluation.hub import official_layout
+from baichuan13b.evaluation.report import markdown_task, task_report
 from baichuan13b.generation import GenerationConfig
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.tokenizer import BaichuanTokenizer
@@ -91,15 +92,25 @@ def answers(task, split, limit=None):
             for s in sorted(p.stem.replace(f"_{split}", "") for p in (folder / split).glob("*.csv"))}
 
 
-def expected_scores(task, split, letter, limit=None):
+def expected_scores(task, split, letter, limit=None, averaging=None):
+    """Per-subject accuracy, categories and average of a model that always answers ``letter``, averaged as the
+    benchmark's harness does (MMLU: over questions; C-Eval, CMMLU: over subjects) or as ``averaging`` says."""
     bench = get_benchmark(task)
-    subj = {s: 100.0 * a.count(letter) / len(a) for s, a in answers(task, split, limit).items()}
+    by_subject = answers(task, split, limit)
+    subj = {s: 100.0 * a.count(letter) / len(a) for s, a in by_subject.items()}
+
+    def average(keys):
+        if (averaging or {"mmlu": "questions"}.get(task, "subjects")) == "questions":
+            pooled = [x for s in keys for x in by_subject[s]]
+            return 100.0 * pooled.count(letter) / len(pooled)
+        return sum(subj[s] for s in keys) / len(keys)
+
     cats = {}
     for cat in bench.categories:
-        accs = [v for s, v in subj.items() if cat in bench.subject(s).categories]
-        if accs:
-            cats[cat] = sum(accs) / len(accs)
-    return subj, cats, sum(subj.values()) / len(subj)
+        keys = [s for s in subj if cat in bench.subject(s).categories]
+        if keys:
+            cats[cat] = average(keys)
+    return subj, cats, average(list(subj))
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -118,13 +129,17 @@ def test_shipped_subject_tables_match_the_official_mappings():
     assert {k: get_benchmark("mmlu").subject(k).categories for k in mmlu} == \
         {k: (names[v["category"]],) for k, v in mmlu.items()}
     cmmlu = json.loads((EVAL_DATA / "cmmlu" / "subject_mapping.json").read_text(encoding="utf-8"))
-    names = {"Social Science": "Social Sciences", "Other": "Others"}
+    names = {"Social Science": "Social Sciences", "Other": "Others", "China specific": "China Specific"}
     bench = get_benchmark("cmmlu")
     assert set(bench.subjects) == set(cmmlu)
     for key, v in cmmlu.items():
         assert bench.subject(key).name_zh == v["name_zh"]
         assert bench.subject(key).categories == tuple(names.get(c, c) for c in v["categories"])
-    assert bench.categories == ["STEM", "Social Sciences", "Humanities", "Others", "China specific"]
+    # The seed's CMMLU table: STEM, Humanities, Social Sciences, Others, China Specific (C-Eval and MMLU put Social
+    # Sciences before Humanities).
+    assert bench.categories == ["STEM", "Humanities", "Social Sciences", "Others", "China Specific"]
+    assert get_benchmark("mmlu").categories == get_benchmark("ceval").categories == \
+        ["STEM", "Social Sciences", "Humanities", "Others"]
 
 
 @needs_shared_data
@@ -390,6 +405,140 @@ def test_generate_mode_reads_the_letter_from_the_answer(tok, rigged, tmp_path):
         assert {r["output"] for r in rows} == {"B B B"} and t["unparsed"] == 0
 
 
+# ------------------------------------------------------------------------------------------------ averages
+SETTINGS = {"shots": 5, "split": "test", "mode": "logits", "letter_ids": [1, 2, 3, 4], "letter_scheme": "encode",
+            "prompt_max_tokens": 2048}
+
+
+def _result(subject, questions, correct):
+    return {"subject": subject, "questions": questions, "labelled": True, "correct": correct,
+            "accuracy": 100.0 * correct / questions, "fewer_shots": 0, "truncated": 0, "unparsed": 0,
+            "predictions": []}
+
+
+def test_mmlu_averages_over_questions_as_hendrycks_and_cmmlu_ceval_over_subjects():
+    # Subjects of very different sizes (as professional_law among the humanities): the two averages differ.
+    mmlu = {"abstract_algebra": _result("abstract_algebra", 10, 9), "college_physics": _result("college_physics", 2, 0),
+            "philosophy": _result("philosophy", 4, 2)}
+    t = task_report(get_benchmark("mmlu"), mmlu, SETTINGS)
+    assert t["averaging"] == "questions"
+    assert t["average"] == pytest.approx(100 * 11 / 16) and t["micro_average"] == t["average"]
+    assert t["categories"] == pytest.approx({"STEM": 100 * 9 / 12, "Humanities": 50.0})
+    assert t["macro_average"] == pytest.approx((90 + 0 + 50) / 3)
+    assert t["macro_categories"] == pytest.approx({"STEM": 45.0, "Humanities": 50.0})
+    md = markdown_task({**t, "prompt_limit": "MMLU harness limit"}, "m")
+    assert "| m | 75.0 | - | 50.0 | - | 68.8 |" in md  # STEM, Social Sciences, Humanities, Others, Average
+    assert "Averages over questions (as hendrycks' evaluate.py" in md and "average over subjects: 46.7" in md
+    cmmlu = {"agronomy": _result("agronomy", 10, 9), "anatomy": _result("anatomy", 2, 0),
+             "ancient_chinese": _result("ancient_chinese", 4, 2)}
+    t = task_report(get_benchmark("cmmlu"), cmmlu, SETTINGS)
+    assert t["averaging"] == "subjects" and t["average"] == pytest.approx(140 / 3)
+    assert t["micro_average"] == pytest.approx(100 * 11 / 16)
+    assert t["categories"] == t["macro_categories"] and t["categories"]["STEM"] == pytest.approx(0.0)
+    md = markdown_task(t, "m")
+    # The seed's CMMLU columns: STEM, Humanities, Social Sciences, Others, China Specific, Average.
+    assert "| Model | STEM | Humanities | Social Sciences | Others | China Specific | Average |" in md
+    assert "Averages over subjects (as CMMLU's own harness); average over questions: 68.8." in md
+
+
+def test_prompt_limit_defaults_to_each_harness_and_is_recorded(tok, rigged, tmp_path):
+    from baichuan13b.evaluation.runner import prompt_budget
+
+    wide = tiny_model(tok.vocab_size, max_position=4096)
+    assert prompt_budget(wide, get_benchmark("mmlu"), EvalSettings()) == (2048, "MMLU harness limit")
+    assert prompt_budget(wide, get_benchmark("cmmlu"), EvalSettings()) == (2048, "CMMLU harness limit")
+    assert prompt_budget(wide, get_benchmark("ceval"), EvalSettings()) == (4096, "model context")
+    assert prompt_budget(wide, get_benchmark("mmlu"), EvalSettings(max_length=4096)) == (4096, "--max_length")
+    budget, source = prompt_budget(wide, get_benchmark("mmlu"), EvalSettings(mode="generate", max_new_tokens=8))
+    assert budget == 2040 and "less 8 tokens for generation" in source
+    # The rigged model's context (1024) is under the harness limit: the context is the limit, and says so.
+    report = evaluate(rigged, tok, ["mmlu"], tmp_path, data_dir=FIXTURES, progress=False,
+                      settings=EvalSettings(limit=1, subjects=["anatomy"]))
+    t = report["tasks"]["mmlu"]
+    assert t["settings"]["prompt_max_tokens"] == 1024
+    assert t["prompt_limit"] == "model context (under the MMLU harness limit of 2048)"
+    assert "prompt limit 1024 tokens (model context (under the MMLU harness limit of 2048))" in \
+        (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ C-Eval layouts
+def _write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_ceval_reads_each_released_split_layout_by_header_name(tmp_path):
+    q = ["1+1=____。", "1", "2", "3", "4"]
+    _write_csv(tmp_path / "dev" / "law_dev.csv", [["id", "question", "A", "B", "C", "D", "answer", "explanation"],
+                                                  ["0", *q, "B", "1+1=2"]])
+    _write_csv(tmp_path / "val" / "law_val.csv", [["id", "question", "A", "B", "C", "D", "answer"], ["0", *q, "B"]])
+    _write_csv(tmp_path / "test" / "law_test.csv", [["id", "question", "A", "B", "C", "D"], ["0", *q]])
+    expected = Question("0", q[0], tuple(q[1:]), "B")
+    assert load_questions("ceval", tmp_path, "law", "dev") == [expected]
+    assert load_questions("ceval", tmp_path, "law", "val") == [expected]
+    assert load_questions("ceval", tmp_path, "law", "test") == [Question("0", q[0], tuple(q[1:]), None)]
+    # By name, not position: another column order reads the same.
+    _write_csv(tmp_path / "val" / "law_val.csv", [["answer", "A", "B", "C", "D", "question", "id"],
+                                                  ["B", *q[1:], q[0], "0"]])
+    assert load_questions("ceval", tmp_path, "law", "val") == [expected]
+    _write_csv(tmp_path / "val" / "law_val.csv", [["id", "question", "A", "B", "D", "answer"], ["0", *q[:3], q[4], "B"]])
+    with pytest.raises(ValueError, match=r"law_val.csv: the header .* has no column C"):
+        load_questions("ceval", tmp_path, "law", "val")
+    # The fixtures have the released layouts too (val without explanation, test without answer): a full run works.
+    assert (FIXTURES / "ceval" / "test" / "law_test.csv").read_text(encoding="utf-8").startswith(
+        "id,question,A,B,C,D\n")
+
+
+def test_ceval_hub_parquet_copy_with_all_eight_columns(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    snap = tmp_path / "snap"
+    for split, hub_split in (("dev", "dev"), ("val", "val"), ("test", "test")):
+        qs = load_questions("ceval", FIXTURES / "ceval", "law", split, official_text=False)
+        table = pa.table({"id": [int(q.id) for q in qs], "question": [q.question for q in qs],
+                          **{k: [q.choices[i] for q in qs] for i, k in enumerate("ABCD")},
+                          "answer": [q.answer or "" for q in qs],
+                          "explanation": ["" for _ in qs]})
+        (snap / "law").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, snap / "law" / f"{hub_split}-00000-of-00001.parquet")
+    folder = official_layout("ceval", snap, tmp_path / "cache")
+    for split in ("dev", "val", "test"):
+        assert load_questions("ceval", folder, "law", split) == load_questions("ceval", FIXTURES / "ceval", "law",
+                                                                               split)
+
+
+# ------------------------------------------------------------------------------------------------ multi-task runs
+def test_every_task_is_checked_before_the_first_forward_pass(tok, rigged, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner_module, "evaluate_subject", lambda *a, **k: calls.append(a[3]))
+    with pytest.raises(ValueError, match="CMMLU has no 'val' split to score"):
+        evaluate(rigged, tok, ["mmlu", "cmmlu"], tmp_path, data_dir=FIXTURES, settings=EvalSettings(split="val"),
+                 progress=False)
+    with pytest.raises(ValueError, match="unknown C-Eval subject 'anatomy'"):
+        evaluate(rigged, tok, ["mmlu", "ceval"], tmp_path, data_dir=FIXTURES, progress=False,
+                 settings=EvalSettings(split="val", subjects=["anatomy"]))
+    assert calls == [] and not (tmp_path / "report.json").exists()
+
+
+def test_a_task_failing_while_running_still_writes_the_report_of_the_finished_ones(tok, rigged, tmp_path,
+                                                                                    monkeypatch):
+    real = runner_module.evaluate_subject
+
+    def failing(model, tokenizer, bench, *args, **kwargs):
+        if bench.name == "mmlu":
+            raise RuntimeError("device lost")
+        return real(model, tokenizer, bench, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_subject", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        evaluate(rigged, tok, ["ceval", "mmlu"], tmp_path, data_dir=FIXTURES, progress=False,
+                 settings=EvalSettings(split="val", limit=2), model_name="m")
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert list(report["tasks"]) == ["ceval"] and report["tasks"]["ceval"]["average"] is not None
+    assert "## C-Eval" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
 # ------------------------------------------------------------------------------------------------ resuming
 def test_an_interrupted_run_resumes_to_the_same_report(tok, rigged, tmp_path, monkeypatch):
     settings = EvalSettings(split="test", shots=5, batch_size=2, save_prompts=True, limit=3)
@@ -496,7 +645,7 @@ def test_cli_eval_compare_and_ppl(model_dir, tmp_path, capsys):
     assert cli_main(base + ["--task", "mmlu,cmmlu", "--output_dir", str(tmp_path / "a"), "--batch_size", "4"]) == 0
     out = capsys.readouterr().out
     _, _, mmlu_avg = expected_scores("mmlu", "test", "B", limit=3)
-    assert f"MMLU: average {mmlu_avg:.2f} over 3 subjects" in out
+    assert f"MMLU: average {mmlu_avg:.2f} (over questions; 3 subjects, 9 questions)" in out
     # The same model scored with the other letter scheme prefers the piece A on MMLU too.
     assert cli_main(base + ["--task", "mmlu", "--letter_scheme", "piece", "--output_dir", str(tmp_path / "b"),
                             "--label", "piece letters"]) == 0
@@ -517,4 +666,35 @@ def test_cli_eval_compare_and_ppl(model_dir, tmp_path, capsys):
     assert cli_main(["eval", "--model", str(model_dir), "--task", "mmlu"]) == 2
     assert "--output_dir is needed" in capsys.readouterr().err
     assert cli_main(base + ["--task", "cmmlu", "--split", "val", "--output_dir", str(tmp_path / "c")]) == 2
-    assert "split must be one of test for CMMLU" in capsys.readouterr().err
+    assert "CMMLU has no 'val' split to score (it has test)" in capsys.readouterr().err
+
+
+def test_the_row_label_is_the_models_name(tok, rigged, tmp_path, capsys):
+    # The shipped demo model is "demo" (not its folder's name); a hub id keeps its owner.
+    assert cli_main(["eval", "--model", "demo", "--no-progress", "--task", "cmmlu", "--data_dir", str(FIXTURES),
+                     "--limit", "1", "--shots", "1", "--output_dir", str(tmp_path / "demo")]) == 0
+    md = (tmp_path / "demo" / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# Evaluation: demo\n") and "\n| demo | " in md
+    report = evaluate(rigged, tok, ["cmmlu"], tmp_path / "hub", data_dir=FIXTURES, progress=False,
+                      settings=EvalSettings(limit=1, shots=1), model_name="baichuan-inc/Baichuan-13B-Base")
+    assert report["label"] == "baichuan-inc/Baichuan-13B-Base"
+    assert "\n| baichuan-inc/Baichuan-13B-Base | " in (tmp_path / "hub" / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow  # builds ~1,900 prompts with the real tokenizer
+@needs_shared_data
+@needs_real_tokenizer
+def test_mmlu_default_limit_drops_shots_where_the_official_2048_crop_does():
+    # hendrycks' 2048-token crop drops shots from every high_school_european_history and high_school_us_history
+    # prompt and from 92 professional_law prompts (with Baichuan's tokenizer); a 4096-token limit would not.
+    tok = BaichuanTokenizer(REAL_TOKENIZER)
+    model = tiny_model(tok.vocab_size, max_position=4096)
+    subjects = ["high_school_european_history", "high_school_us_history", "professional_law"]
+    plan = runner_module.plan_task(model, tok, "mmlu", EVAL_DATA / "mmlu", "/nonexistent",
+                                   EvalSettings(subjects=subjects))
+    assert (plan.budget, plan.prompt_limit) == (2048, "MMLU harness limit")
+    fewer = {subject: sum(build_prompt("mmlu", subject, shots, q, tok, plan.budget).shots < 5 for q in questions)
+             for subject, questions, shots in plan.work}
+    sizes = {subject: len(questions) for subject, questions, _ in plan.work}
+    assert fewer == {"high_school_european_history": sizes["high_school_european_history"],
+                     "high_school_us_history": sizes["high_school_us_history"], "professional_law": 92}

@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="letter token ids: 'encode' = encode('A') (▁A; C-Eval and MMLU harnesses), 'piece' = the "
                         "piece 'A' (CMMLU harness); default: each benchmark's own")
     g.add_argument("--max_length", "--max-length", type=int, default=None,
-                   help="prompt token limit before shots are dropped (default: the model's context; the official "
-                        "MMLU and CMMLU scripts used 2048)")
+                   help="prompt token limit before shots are dropped (default: each harness's own, 2048 for MMLU "
+                        "and CMMLU as their official scripts, capped by the model's context; C-Eval: the context)")
     g.add_argument("--mode", default="logits", choices=["logits", "generate"],
                    help="logits: argmax over the letters' next-token logits; generate: read the letter from a "
                         "greedy answer (for chat models)")
@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use the CSV text as written (the official scripts read it with pandas, which prints "
                         "'None'/'NA' options as 'nan'; that is the default here)")
     g.add_argument("--label", default=None,
-                   help="name of this run in tables (default: the model's name, see --model-name)")
+                   help="name of this run in tables (default: the model's name: --model-name, else demo, the "
+                        "folder's name or the hub id)")
     g2 = p.add_argument_group("perplexity (--task ppl)")
     g2.add_argument("--text", default=None, help="UTF-8 text file")
     g2.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     for name in tasks:
         t = report["tasks"][name]
         line = f"{t['title']}: " + ("no labels (predictions written)" if not t["labelled"]
-                                     else f"average {t['average']:.2f} over {len(t['subjects'])} subjects")
+                                     else f"average {t['average']:.2f} (over {t['averaging']}; "
+                                          f"{len(t['subjects'])} subjects, {t['questions']} questions)")
         print(line)
     err(f"report: {Path(args.output_dir) / 'report.md'}")
     sys.stdout.flush()

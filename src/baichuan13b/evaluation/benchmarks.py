@@ -2,10 +2,11 @@
 
 Local layouts (the official releases):
 
-* C-Eval: ``{dev,val,test}/{subject}_{split}.csv``, header ``id,question,A,B,C,D,answer,explanation``
-  (``answer`` empty in ``test``).
+* C-Eval: ``{dev,val,test}/{subject}_{split}.csv``, with a header whose columns differ per split in the release:
+  dev ``id,question,A,B,C,D,answer,explanation``, val ``id,question,A,B,C,D,answer``, test ``id,question,A,B,C,D``
+  (the hub's Parquet copy has all eight, empty where absent). Columns are read by header name.
 * MMLU: ``{dev,val,test}/{subject}_{split}.csv``, no header: question, A, B, C, D, answer.
-* CMMLU: ``{dev,test}/{subject}.csv``, header ``,Question,A,B,C,D,Answer``.
+* CMMLU: ``{dev,test}/{subject}.csv``, header ``,Question,A,B,C,D,Answer`` (read by header name too).
 
 The official scripts read these files with pandas, which turns the texts pandas treats as missing (``None``,
 ``NA``, ``nan``, an empty field, ...) into ``nan`` and all-numeric columns into numbers; their prompts therefore
@@ -28,7 +29,10 @@ from pathlib import Path
 from typing import Sequence
 
 LETTERS = ("A", "B", "C", "D")
-CATEGORY_ORDER = ("STEM", "Social Sciences", "Humanities", "Others", "China specific")
+# The seed's table columns: C-Eval and MMLU put Social Sciences before Humanities, CMMLU the other way round.
+CATEGORY_ORDER = ("STEM", "Social Sciences", "Humanities", "Others")
+CMMLU_CATEGORY_ORDER = ("STEM", "Humanities", "Social Sciences", "Others", "China Specific")
+AVERAGING = ("questions", "subjects")
 
 # Strings pandas.read_csv reads as NaN by default (its STR_NA_VALUES), plus the empty field.
 _PANDAS_NA = frozenset({
@@ -66,6 +70,9 @@ class Benchmark:
     splits: tuple[str, ...]
     hub_id: str
     letter_scheme: str  # what the benchmark's own harness scores (see evaluation.scoring)
+    category_order: tuple[str, ...]  # the seed's table columns
+    averaging: str  # "questions" (hendrycks: average over all questions) or "subjects" (macro, C-Eval / CMMLU)
+    max_length: int | None  # the harness's prompt limit in tokens (shots dropped to fit); None: no limit of its own
 
     @property
     def subjects(self) -> dict[str, Subject]:
@@ -76,7 +83,7 @@ class Benchmark:
     def categories(self) -> list[str]:
         """The categories of this benchmark, in the seed's table order."""
         present = {c for s in self.subjects.values() for c in s.categories}
-        return [c for c in CATEGORY_ORDER if c in present]
+        return [c for c in self.category_order if c in present]
 
     def subject(self, key: str) -> Subject:
         """The subject ``key``; ValueError listing the known keys when there is none."""
@@ -98,9 +105,15 @@ BENCHMARKS: dict[str, Benchmark] = {
     # C-Eval's evaluator scores tokenizer.encode("A")[0]; hendrycks' MMLU scores the token " A" (GPT-3 logprobs;
     # tokenizer("A").input_ids[-1] in the Hugging Face port): both "▁A" for SentencePiece. CMMLU's harness
     # scores tokenizer.convert_tokens_to_ids("A"): the piece "A" itself.
-    "ceval": Benchmark("ceval", "C-Eval", ("dev", "val", "test"), "ceval/ceval-exam", "encode"),
-    "mmlu": Benchmark("mmlu", "MMLU", ("dev", "val", "test"), "cais/mmlu", "encode"),
-    "cmmlu": Benchmark("cmmlu", "CMMLU", ("dev", "test"), "haonan-li/cmmlu", "piece"),
+    # Averages: hendrycks' evaluate.py (and Baichuan-7B's evaluate_mmlu.py) average over the questions, overall and
+    # per category; C-Eval and CMMLU average the subjects' accuracies. Prompt limits: hendrycks' crop to 2048 tokens
+    # and CMMLU's gen_prompt(max_length=2048) drop shots to fit; C-Eval's evaluator never shortens a prompt.
+    "ceval": Benchmark("ceval", "C-Eval", ("dev", "val", "test"), "ceval/ceval-exam", "encode", CATEGORY_ORDER,
+                       "subjects", None),
+    "mmlu": Benchmark("mmlu", "MMLU", ("dev", "val", "test"), "cais/mmlu", "encode", CATEGORY_ORDER, "questions",
+                      2048),
+    "cmmlu": Benchmark("cmmlu", "CMMLU", ("dev", "test"), "haonan-li/cmmlu", "piece", CMMLU_CATEGORY_ORDER,
+                       "subjects", 2048),
 }
 
 
@@ -147,6 +160,17 @@ def _pandas_column(values: list[str]) -> list[str]:
     return ["nan" if v in _PANDAS_NA else v for v in values]
 
 
+def read_header(path: Path) -> list[str]:
+    """The first row of a CSV file (its header)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    with open(path, encoding="utf-8", newline="") as f:
+        first = next(csv.reader(f), None)
+    if not first:
+        raise ValueError(f"{path} is empty: expected a header row")
+    return first
+
+
 def read_csv_rows(path: Path, header: bool, official_text: bool = True) -> list[list[str]]:
     """Rows of a CSV file (header dropped); with ``official_text`` cells are rendered as pandas would."""
     if not path.is_file():
@@ -170,31 +194,60 @@ def read_csv_rows(path: Path, header: bool, official_text: bool = True) -> list[
     return rows
 
 
+# Header names of the columns of the C-Eval and CMMLU files (compared case-insensitively); the id column of CMMLU
+# has an empty name (pandas' index column).
+_COLUMNS = {"id": ("id", ""), "question": ("question",), "A": ("a",), "B": ("b",), "C": ("c",), "D": ("d",),
+            "answer": ("answer",)}
+
+
+def _header_columns(path: Path, header: list[str], title: str) -> dict[str, int | None]:
+    """Index of each needed column in ``header``; ``answer`` (and the id) may be absent (unlabelled split)."""
+    names = [h.strip().lower() for h in header]
+    found: dict[str, int | None] = {}
+    for key, aliases in _COLUMNS.items():
+        found[key] = next((names.index(a) for a in aliases if a in names), None)
+    missing = [k for k in ("question", "A", "B", "C", "D") if found[k] is None]
+    if missing:
+        raise ValueError(f"{path}: the header {','.join(header)!r} has no column {', '.join(missing)} (a {title} "
+                         f"file needs question, A, B, C, D and optionally id, answer, explanation)")
+    return found
+
+
 def load_questions(benchmark: Benchmark | str, data_dir: str | Path, subject: str, split: str,
                    official_text: bool = True) -> list[Question]:
     """The questions of one subject and split, in file order.
 
-    Raises FileNotFoundError for a missing file and ValueError (naming file and row) for a malformed one: wrong
-    number of fields, or an answer that is not one of A-D (an empty answer is allowed and means unlabelled).
+    MMLU files have no header (question, A, B, C, D, answer); C-Eval and CMMLU files are read by header name, so
+    each C-Eval split's layout (with or without ``answer`` and ``explanation``) loads. Raises FileNotFoundError for
+    a missing file and ValueError (naming file and row) for a malformed one: wrong number of fields, a header
+    without the question or option columns, or an answer that is not one of A-D (an empty answer, or no answer
+    column, means unlabelled).
     """
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     bench.subject(subject)
     path = bench.file(data_dir, subject, split)
     if bench.name == "mmlu":
-        rows, first, expected = read_csv_rows(path, header=False, official_text=official_text), 1, 6
+        rows, first = read_csv_rows(path, header=False, official_text=official_text), 1
+        for i, r in enumerate(rows):
+            if len(r) != 6:
+                raise ValueError(f"{path}: row {i + first} has {len(r)} fields, expected 6 for the MMLU layout "
+                                 f"(question, A, B, C, D, answer)")
+        records = [(str(i), *r) for i, r in enumerate(rows)]
     else:
-        rows, first, expected = read_csv_rows(path, header=True, official_text=official_text), 2, 8 if (
-            bench.name == "ceval") else 7
+        head = read_header(path)
+        cols = _header_columns(path, head, bench.title)
+        rows, first = read_csv_rows(path, header=True, official_text=official_text), 2
+        if rows and len(rows[0]) != len(head):
+            raise ValueError(f"{path}: row 2 has {len(rows[0])} fields but the header has {len(head)}")
+
+        def cell(r: list[str], key: str, i: int) -> str:
+            j = cols[key]
+            return str(i) if j is None and key == "id" else ("" if j is None else r[j])
+
+        records = [tuple(cell(r, k, i) for k in ("id", "question", "A", "B", "C", "D", "answer"))
+                   for i, r in enumerate(rows)]
     questions = []
-    for i, r in enumerate(rows):
-        if len(r) != expected:
-            raise ValueError(f"{path}: row {i + first} has {len(r)} fields, expected {expected} for the "
-                             f"{bench.title} layout")
-        if bench.name == "mmlu":
-            qid, fields = str(i), r
-        else:
-            qid, fields = r[0], r[1:7]
-        question, a, b, c, d, answer = fields
+    for i, (qid, question, a, b, c, d, answer) in enumerate(records):
         raw = answer.strip()
         if raw in ("", "nan"):
             label = None

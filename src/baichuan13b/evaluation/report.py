@@ -1,8 +1,10 @@
 """Aggregate subject results into the seed's tables: JSON, Markdown, a bar chart, and a comparison of runs.
 
-Accuracies are percentages. A category's score is the macro average of its subjects' accuracies; ``average`` is
-the macro average over all subjects (``micro_average``, over questions, is given too). CMMLU's "China specific"
-overlaps the other four categories, as in the official tables.
+Accuracies are percentages. Each task's ``average`` and ``categories`` are averaged the way its own harness does
+(``averaging``): MMLU over questions (hendrycks' ``evaluate.py``: a category is the accuracy over all its questions),
+C-Eval and CMMLU over subjects (a category is the mean of its subjects' accuracies). Both kinds are always given
+too: ``micro_average`` / ``micro_categories`` over questions, ``macro_average`` / ``macro_categories`` over subjects.
+CMMLU's "China Specific" overlaps the other four categories, as in the official tables.
 """
 
 from __future__ import annotations
@@ -22,32 +24,60 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _averages(subjects: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(over subjects, over questions) of the given subject results."""
+    if not subjects:
+        return None, None
+    macro = _mean([s["accuracy"] for s in subjects.values()])
+    questions = sum(s["questions"] for s in subjects.values())
+    micro = 100.0 * sum(s["correct"] for s in subjects.values()) / questions if questions else None
+    return macro, micro
+
+
 def task_report(bench: Benchmark, results: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
-    """The task's summary: per-subject accuracy, category macro averages, overall average, shot-drop counts."""
+    """The task's summary: per-subject accuracy, category and overall averages (both kinds, and the harness's
+    own as ``average`` / ``categories``), shot-drop counts."""
     labelled = bool(results) and all(r["labelled"] for r in results.values())
     subjects = {}
     for key, r in results.items():
         subjects[key] = {"accuracy": r["accuracy"], "correct": r["correct"], "questions": r["questions"],
                          "categories": list(bench.subject(key).categories), "fewer_shots": r["fewer_shots"],
                          "truncated": r["truncated"], "unparsed": r["unparsed"]}
-    categories = None
-    average = micro = None
+    by_kind: dict[str, tuple[dict[str, float] | None, float | None]] = {"subjects": (None, None),
+                                                                          "questions": (None, None)}
     if labelled:
-        categories = {}
+        macro_cats, micro_cats = {}, {}
         for cat in bench.categories:
-            accs = [s["accuracy"] for s in subjects.values() if cat in s["categories"]]
-            if accs:
-                categories[cat] = _mean(accs)
-        average = _mean([s["accuracy"] for s in subjects.values()])
-        micro = 100.0 * sum(s["correct"] for s in subjects.values()) / sum(s["questions"] for s in subjects.values())
+            members = {k: s for k, s in subjects.items() if cat in s["categories"]}
+            if members:
+                macro_cats[cat], micro_cats[cat] = _averages(members)
+        macro, micro = _averages(subjects)
+        by_kind = {"subjects": (macro_cats, macro), "questions": (micro_cats, micro)}
+    categories, average = by_kind[bench.averaging]
     return {
         "task": bench.name, "title": bench.title, "settings": settings, "labelled": labelled,
-        "subjects": subjects, "categories": categories, "average": average, "micro_average": micro,
+        "subjects": subjects, "averaging": bench.averaging, "categories": categories, "average": average,
+        "macro_average": by_kind["subjects"][1], "micro_average": by_kind["questions"][1],
+        "macro_categories": by_kind["subjects"][0], "micro_categories": by_kind["questions"][0],
         "questions": sum(s["questions"] for s in subjects.values()),
         "fewer_shots": sum(s["fewer_shots"] for s in subjects.values()),
         "truncated": sum(s["truncated"] for s in subjects.values()),
         "unparsed": sum(s["unparsed"] for s in subjects.values()),
     }
+
+
+_AVERAGE_WORDS = {"questions": "over questions", "subjects": "over subjects"}
+
+
+def averaging_line(t: dict[str, Any]) -> str:
+    """What the table's numbers average, and the other kind of average beside it."""
+    kind = t.get("averaging", "subjects")
+    other = "subjects" if kind == "questions" else "questions"
+    value = t["macro_average"] if other == "subjects" else t["micro_average"]
+    why = ("as hendrycks' evaluate.py and Baichuan-7B's evaluate_mmlu.py" if kind == "questions"
+           else f"as {t['title']}'s own harness")
+    return (f"Averages {_AVERAGE_WORDS[kind]} ({why}); average {_AVERAGE_WORDS[other]}: "
+            f"{_pct(value)}.")
 
 
 # ------------------------------------------------------------------------------------------------ Markdown
@@ -82,8 +112,9 @@ def markdown_task(t: dict[str, Any], label: str, pieces: list[str] | None = None
                   + f" | {_pct(t['average'])} |", ""]
     lines += [_scoring_line(pieces, t),
               f"Questions: {t['questions']}; prompts with fewer than {s['shots']} shots: {t['fewer_shots']}; "
-              f"prompts cut from the left: {t['truncated']}; prompt limit {s['prompt_max_tokens']} tokens."
-              + ("" if t["average"] is None else f" Average over questions: {t['micro_average']:.2f}."), "",
+              f"prompts cut from the left: {t['truncated']}; prompt limit {s['prompt_max_tokens']} tokens"
+              + (f" ({t['prompt_limit']})" if t.get("prompt_limit") else "") + "."
+              + ("" if t["average"] is None else " " + averaging_line(t)), "",
               "<details><summary>Per subject</summary>", "",
               "| Subject | Categories | Questions | Accuracy | Fewer shots |", "| --- | --- | ---: | ---: | ---: |"]
     for key, sub in t["subjects"].items():
@@ -177,7 +208,7 @@ def write_report(report: dict[str, Any], output_dir: str | Path) -> dict[str, An
     report["tasks"] = {n: report["tasks"][n] for n in order}
     atomic_write_text(path, json.dumps(report, ensure_ascii=False, indent=1) + "\n")
     atomic_write_text(out / REPORT_MD, markdown_report(report))
-    groups = _groups([(report.get("label") or "model", report)])
+    groups = _groups([(report.get("label") or report.get("model") or "model", report)])
     if groups:
         _bar_chart(groups, out / REPORT_PNG)
     return report

@@ -21,11 +21,11 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_json_object
 from .benchmarks import LETTERS, Benchmark, Question, get_benchmark, load_questions, select_subjects
 from .prompts import Prompt, build_prompt
 from .scoring import extract_letter, letter_token_ids
@@ -36,7 +36,8 @@ MODES = ("logits", "generate")
 @dataclass
 class EvalSettings:
     """How a benchmark is run. ``letter_scheme`` None means the benchmark's own harness's choice;
-    ``max_length`` None means the model's context length."""
+    ``max_length`` None means the harness's own prompt limit (2048 tokens for MMLU and CMMLU), capped by the
+    model's context, or the model's context where the harness has none (C-Eval)."""
 
     split: str = "test"
     shots: int = 5
@@ -68,22 +69,35 @@ class EvalSettings:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
 
 
-def _prompt_budget(model: Any, settings: EvalSettings) -> int:
-    """Tokens a prompt may have: the context (or ``max_length``) less what generation needs."""
-    context = settings.max_length or model.config.max_position
-    if settings.max_length and settings.max_length > model.config.max_position and \
-            not model.config.allow_length_extrapolation:
-        raise ValueError(f"max_length {settings.max_length} exceeds the model's context of "
-                         f"{model.config.max_position} tokens")
+def prompt_budget(model: Any, bench: Benchmark, settings: EvalSettings) -> tuple[int, str]:
+    """Tokens a prompt may have, and where that limit comes from (recorded in the report).
+
+    The limit is ``settings.max_length`` when given, else the benchmark harness's own (``bench.max_length``)
+    capped by the model's context, else the context; generate mode takes the new tokens (and the chat role
+    tokens) off it.
+    """
+    context = model.config.max_position
+    if settings.max_length:
+        if settings.max_length > context and not model.config.allow_length_extrapolation:
+            raise ValueError(f"max_length {settings.max_length} exceeds the model's context of {context} tokens")
+        limit, source = settings.max_length, "--max_length"
+    elif bench.max_length is not None and bench.max_length <= context:
+        limit, source = bench.max_length, f"{bench.title} harness limit"
+    elif bench.max_length is not None:
+        limit, source = context, f"model context (under the {bench.title} harness limit of {bench.max_length})"
+    else:
+        limit, source = context, "model context"
+    budget = limit
     if settings.mode == "generate":
-        context -= settings.max_new_tokens + (2 if settings.chat else 0)  # + user and assistant tokens
-    if context <= 0:
-        raise ValueError(f"no room for a prompt: context {settings.max_length or model.config.max_position} "
-                         f"tokens, max_new_tokens {settings.max_new_tokens}")
-    return context
+        budget -= settings.max_new_tokens + (2 if settings.chat else 0)  # + user and assistant tokens
+        source += f" less {limit - budget} tokens for generation"
+    if budget <= 0:
+        raise ValueError(f"no room for a prompt: limit {limit} tokens ({source}), max_new_tokens "
+                         f"{settings.max_new_tokens}")
+    return budget, source
 
 
-def _pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pad_left(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, T] ids left padded with ``pad_id`` and the [B, T] mask (None when no row needed padding)."""
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)  # [B, T]
@@ -100,27 +114,79 @@ def _chat_ids(model: Any, tokenizer: Any, text: str, max_new_tokens: int) -> lis
     return build_chat_input(model, tokenizer, messages, max_new_tokens=max_new_tokens)[0].tolist()
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id left padding uses: the tokenizer's pad id, else its unk id (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+
+
+def forward_batches(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], batch_size: int,
+                    logits_to_keep: Callable[[list[int]], int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """The forward pass of ``baichuan eval``: ``rows`` (token ids) sorted by length, run ``batch_size`` at a time,
+    left padded with the tokenizer's pad id and an attention mask. Yields (the rows' indices, their logits
+    [B, k, vocab] for the last ``k = logits_to_keep(indices)`` positions)."""
+    pad_id = pad_token_id(tokenizer)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for b in range(0, len(order), batch_size):
+        chunk = order[b: b + batch_size]
+        ids, mask = pad_left([list(rows[i]) for i in chunk], pad_id)
+        ids = ids.to(model.device)
+        mask = mask.to(model.device) if mask is not None else None
+        yield chunk, model(ids, attention_mask=mask, logits_to_keep=logits_to_keep(chunk)).logits
+
+
 @torch.inference_mode()
 def score_prompts(model: Any, tokenizer: Any, prompts: Sequence[Prompt], letter_ids: Sequence[int],
                   batch_size: int = 1, progress: Any = None) -> list[list[float]]:
     """Next-token logits of the four letters after each prompt, [len(prompts)][4] floats.
 
     Prompts are sorted by length and run ``batch_size`` at a time, left padded with the tokenizer's pad id and an
-    attention mask, keeping the logits of the last position only.
+    attention mask, keeping the logits of the last position only (:func:`forward_batches`).
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
     letters = torch.tensor(list(letter_ids), dtype=torch.long)
     out: list[list[float]] = [[] for _ in prompts]
-    for b in range(0, len(order), batch_size):
-        chunk = order[b: b + batch_size]
-        ids, mask = _pad_left([prompts[i].ids for i in chunk], pad_id)
-        ids = ids.to(model.device)
-        mask = mask.to(model.device) if mask is not None else None
-        logits = model(ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]  # [B, vocab]
-        scores = logits[:, letters.to(logits.device)].float().cpu()  # [B, 4]
+    for chunk, logits in forward_batches(model, tokenizer, [p.ids for p in prompts], batch_size, lambda _: 1):
+        scores = logits[:, -1][:, letters.to(logits.device)].float().cpu()  # [B, 4]
         for row, i in enumerate(chunk):
             out[i] = scores[row].tolist()
+        if progress is not None:
+            progress.update(len(chunk))
+    return out
+
+
+@torch.inference_mode()
+def score_continuations(model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                        batch_size: int = 1, max_length: int | None = None,
+                        progress: Any = None) -> list[tuple[float, bool]]:
+    """Log-likelihood of each continuation after its context: ``pairs`` of (context ids, continuation ids).
+
+    Returns, per pair, the summed log-probability (float32 log-softmax) of the continuation's tokens and whether
+    each of them is the argmax at its position (greedy). The model reads context + continuation less its last
+    token, through :func:`forward_batches`; a sequence longer than ``max_length`` (default the model's context)
+    + 1 loses the start of its context (as lm-eval's own models do).
+    """
+    limit = max_length or model.config.max_position
+    inputs, targets = [], []
+    for k, (context, continuation) in enumerate(pairs):
+        if not continuation:
+            raise ValueError(f"pair {k}: the continuation is empty")
+        if not context:
+            raise ValueError(f"pair {k}: the context is empty (give at least one token, e.g. bos)")
+        if len(continuation) > limit:
+            raise ValueError(f"pair {k}: a continuation of {len(continuation)} tokens does not fit in {limit}")
+        whole = (list(context) + list(continuation))[-(limit + 1):]
+        inputs.append(whole[:-1])
+        targets.append(whole[-len(continuation):])
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(inputs)
+    for chunk, logits in forward_batches(model, tokenizer, inputs, batch_size,
+                                         lambda c: max(len(targets[i]) for i in c)):
+        keep = logits.shape[1]
+        for row, i in enumerate(chunk):
+            n = len(targets[i])
+            # the last n positions predict the n continuation tokens (every row ends at the last position)
+            logp = torch.log_softmax(logits[row, keep - n:].float(), dim=-1)  # [n, vocab]
+            target = torch.tensor(targets[i], device=logp.device)
+            total = logp.gather(1, target[:, None]).sum().item()
+            out[i] = (total, bool((logp.argmax(-1) == target).all()))
         if progress is not None:
             progress.update(len(chunk))
     return out
@@ -136,12 +202,12 @@ def generate_answers(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[i
     cfg = resolve_config(model, None, dict(do_sample=False, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
                                            stop_strings=[]))
     eos = set(cfg.eos_token_ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+    pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     texts = [""] * len(prompt_ids)
     for b in range(0, len(order), batch_size):
         chunk = order[b: b + batch_size]
-        ids, mask = _pad_left([list(prompt_ids[i]) for i in chunk], pad_id)
+        ids, mask = pad_left([list(prompt_ids[i]) for i in chunk], pad_id)
         out = generate(model, ids.to(model.device), attention_mask=None if mask is None else mask.to(model.device),
                        generation_config=cfg)
         for row, i in enumerate(chunk):
@@ -216,6 +282,104 @@ def _check_same(path: Path, stored: dict[str, Any], expected: dict[str, Any]) ->
                          f"or remove that folder to start over")
 
 
+@dataclass
+class TaskPlan:
+    """A checked task, ready to run: every subject's questions and shots loaded, letter ids and prompt limit found,
+    and the subjects already complete in ``out`` (from an earlier run with the same settings) read back."""
+
+    bench: Benchmark
+    settings: EvalSettings
+    work: list[tuple[str, list[Question], list[Question]]]  # (subject, questions, shots)
+    letter_ids: list[int] | None
+    budget: int
+    prompt_limit: str
+    fingerprint: dict[str, Any]
+    out: Path
+    done: dict[str, dict[str, Any]]
+
+
+def plan_task(model: Any, tokenizer: Any, task: str, data_dir: str | Path, output_dir: str | Path,
+              settings: EvalSettings | None = None, model_name: str = "model", dtype: str | None = None,
+              quantize: str | None = None) -> TaskPlan:
+    """Check everything about ``task`` that can fail before the model runs: the split, the subjects and their
+    files (test and dev), the shots, the letter ids, the prompt limit, and earlier results in ``output_dir``."""
+    settings = settings or EvalSettings()
+    settings.validate()
+    bench = get_benchmark(task)
+    if settings.split not in bench.splits or settings.split == "dev":
+        splits = [s for s in bench.splits if s != "dev"]
+        raise ValueError(f"{bench.title} has no {settings.split!r} split to score (it has {', '.join(splits)}); "
+                         f"run {bench.title} separately with --split {splits[-1]}")
+    subjects = select_subjects(bench, data_dir, settings.split, settings.subjects)
+    letter_ids = letter_token_ids(tokenizer, settings.letter_scheme or bench.letter_scheme) \
+        if settings.mode == "logits" else None
+    budget, source = prompt_budget(model, bench, settings)
+    fingerprint = _fingerprint(bench, settings, letter_ids, budget, model_name, dtype, quantize)
+    out = Path(output_dir) / bench.name
+    work, done = [], {}
+    for subject in subjects:
+        path = out / "subjects" / f"{subject}.json"
+        if path.is_file():
+            stored = read_json_object(path)
+            _check_same(path, stored.get("settings", {}), fingerprint)
+            done[subject] = stored
+        questions = load_questions(bench, data_dir, subject, settings.split, settings.official_text)
+        if settings.limit is not None:
+            questions = questions[: settings.limit]
+        shots: list[Question] = []
+        if settings.shots:
+            dev = load_questions(bench, data_dir, subject, "dev", settings.official_text)
+            if len(dev) < settings.shots:
+                raise ValueError(f"{settings.shots} shots asked but {bench.file(data_dir, subject, 'dev')} "
+                                 f"has only {len(dev)} questions")
+            unlabelled = [q.id for q in dev[: settings.shots] if q.answer is None]
+            if unlabelled:
+                raise ValueError(f"{bench.file(data_dir, subject, 'dev')}: question {unlabelled[0]!r} has no answer "
+                                 f"and cannot be used as a shot")
+            shots = dev[: settings.shots]
+        work.append((subject, questions, shots))
+    return TaskPlan(bench, settings, work, letter_ids, budget, source, fingerprint, out, done)
+
+
+def run_plan(model: Any, tokenizer: Any, plan: TaskPlan, progress: bool = True) -> dict[str, Any]:
+    """Run a :class:`TaskPlan` (subject by subject, each written when complete) and return the task report."""
+    from tqdm import tqdm
+
+    from .report import task_report
+
+    bench, settings, out = plan.bench, plan.settings, plan.out
+    bar = tqdm(total=sum(len(q) for _, q, _ in plan.work), desc=bench.title, unit="q", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for subject, questions, shots in plan.work:
+            if subject in plan.done:
+                results[subject] = plan.done[subject]
+                bar.update(len(questions))
+                continue
+            bar.set_postfix_str(subject)
+            result, prompts = evaluate_subject(model, tokenizer, bench, subject, shots, questions, settings,
+                                               plan.letter_ids, plan.budget, bar)
+            result = {"settings": plan.fingerprint, **result}
+            if settings.save_prompts:
+                lines = [json.dumps({"id": q.id, "prompt": p.text, "shots": p.shots, "truncated": p.truncated,
+                                     "tokens": len(p.ids)}, ensure_ascii=False) for q, p in zip(questions, prompts)]
+                atomic_write_text(out / "prompts" / f"{subject}.jsonl", "".join(line + "\n" for line in lines))
+            atomic_write_text(out / "subjects" / f"{subject}.json",
+                              json.dumps(result, ensure_ascii=False, indent=1) + "\n")
+            results[subject] = result
+    finally:
+        bar.close()
+    _write_predictions(out / "predictions.csv", results)
+    report = task_report(bench, results, plan.fingerprint)
+    report["prompt_limit"] = plan.prompt_limit
+    if bench.name == "ceval" and not report["labelled"]:
+        submission = {s: {r["id"]: r["prediction"] for r in res["predictions"]} for s, res in results.items()}
+        atomic_write_text(out / "submission.json", json.dumps(submission, ensure_ascii=False, indent=1) + "\n")
+        report["submission"] = str(Path(bench.name) / "submission.json")
+    return report
+
+
 def run_task(model: Any, tokenizer: Any, task: str, data_dir: str | Path, output_dir: str | Path,
              settings: EvalSettings | None = None, model_name: str = "model", progress: bool = True,
              dtype: str | None = None, quantize: str | None = None) -> dict[str, Any]:
@@ -224,67 +388,8 @@ def run_task(model: Any, tokenizer: Any, task: str, data_dir: str | Path, output
     Returns the task report (see :func:`baichuan13b.evaluation.report.task_report`) and writes the per-subject
     files, ``predictions.csv`` and, for C-Eval without labels, ``submission.json`` under ``output_dir/task``.
     """
-    from tqdm import tqdm
-
-    from .report import task_report
-
-    settings = settings or EvalSettings()
-    settings.validate()
-    bench = get_benchmark(task)
-    if settings.split not in bench.splits or settings.split == "dev":
-        raise ValueError(f"split must be one of {', '.join(s for s in bench.splits if s != 'dev')} for "
-                         f"{bench.title}, got {settings.split!r}")
-    subjects = select_subjects(bench, data_dir, settings.split, settings.subjects)
-    letter_ids = letter_token_ids(tokenizer, settings.letter_scheme or bench.letter_scheme) \
-        if settings.mode == "logits" else None
-    budget = _prompt_budget(model, settings)
-    fingerprint = _fingerprint(bench, settings, letter_ids, budget, model_name, dtype, quantize)
-    out = Path(output_dir) / bench.name
-
-    work = []
-    for subject in subjects:
-        questions = load_questions(bench, data_dir, subject, settings.split, settings.official_text)
-        if settings.limit is not None:
-            questions = questions[: settings.limit]
-        work.append((subject, questions))
-    bar = tqdm(total=sum(len(q) for _, q in work), desc=bench.title, unit="q", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    results: dict[str, dict[str, Any]] = {}
-    try:
-        for subject, questions in work:
-            path = out / "subjects" / f"{subject}.json"
-            if path.is_file():
-                stored = json.loads(path.read_text(encoding="utf-8"))
-                _check_same(path, stored.get("settings", {}), fingerprint)
-                results[subject] = stored
-                bar.update(len(questions))
-                continue
-            shots: list[Question] = []
-            if settings.shots:
-                dev = load_questions(bench, data_dir, subject, "dev", settings.official_text)
-                if len(dev) < settings.shots:
-                    raise ValueError(f"{settings.shots} shots asked but {bench.file(data_dir, subject, 'dev')} "
-                                     f"has only {len(dev)} questions")
-                shots = dev[: settings.shots]
-            bar.set_postfix_str(subject)
-            result, prompts = evaluate_subject(model, tokenizer, bench, subject, shots, questions, settings,
-                                               letter_ids, budget, bar)
-            result = {"settings": fingerprint, **result}
-            if settings.save_prompts:
-                lines = [json.dumps({"id": q.id, "prompt": p.text, "shots": p.shots, "truncated": p.truncated,
-                                     "tokens": len(p.ids)}, ensure_ascii=False) for q, p in zip(questions, prompts)]
-                atomic_write_text(out / "prompts" / f"{subject}.jsonl", "".join(line + "\n" for line in lines))
-            atomic_write_text(path, json.dumps(result, ensure_ascii=False, indent=1) + "\n")
-            results[subject] = result
-    finally:
-        bar.close()
-    _write_predictions(out / "predictions.csv", results)
-    report = task_report(bench, results, fingerprint)
-    if bench.name == "ceval" and not report["labelled"]:
-        submission = {s: {r["id"]: r["prediction"] for r in res["predictions"]} for s, res in results.items()}
-        atomic_write_text(out / "submission.json", json.dumps(submission, ensure_ascii=False, indent=1) + "\n")
-        report["submission"] = str(Path(bench.name) / "submission.json")
-    return report
+    plan = plan_task(model, tokenizer, task, data_dir, output_dir, settings, model_name, dtype, quantize)
+    return run_plan(model, tokenizer, plan, progress)
 
 
 def _write_predictions(path: Path, results: dict[str, dict[str, Any]]) -> None:
@@ -334,7 +439,12 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str], output_dir: str |
 
     ``data_dir`` holds ``ceval/``, ``mmlu/``, ``cmmlu/`` in the official layouts (or is one benchmark's folder
     when a single task is run); None downloads the hub datasets. ``model_name`` identifies the model in the
-    resumable results (a rerun with another name into the same folder is refused). Returns the written report.
+    resumable results (a rerun with another name into the same folder is refused) and is the row label of the
+    tables unless ``label`` is given.
+
+    Every task is checked (:func:`plan_task`) before the model runs, so a bad setting for the last task fails at
+    once. When a task fails while running, the report is still written for the tasks that finished, then the
+    error is raised. Returns the written report.
     """
     from .report import write_report
 
@@ -345,14 +455,22 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str], output_dir: str |
         get_benchmark(t)
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"a task is repeated in {list(tasks)}")
-    reports, pieces = {}, {}
-    for task in tasks:
-        folder = resolve_task_dir(task, data_dir, single=len(tasks) == 1)
-        reports[task] = run_task(model, tokenizer, task, folder, output_dir, settings, model_name, progress,
-                                 dtype=dtype, quantize=quantize)
-        ids = reports[task]["settings"]["letter_ids"]
-        if ids is not None:
-            pieces[task] = [tokenizer.sp_model.id_to_piece(i) for i in ids]
-    report = {"model": model_name, "label": label or Path(str(model_name)).name or str(model_name),
-              "dtype": dtype, "quantize": quantize, "tasks": reports, "letter_pieces": pieces}
-    return write_report(report, output_dir)
+    plans = [plan_task(model, tokenizer, task, resolve_task_dir(task, data_dir, single=len(tasks) == 1),
+                       output_dir, settings, model_name, dtype, quantize) for task in tasks]
+    reports: dict[str, Any] = {}
+    pieces: dict[str, list[str]] = {}
+
+    def report() -> dict[str, Any]:
+        return {"model": model_name, "label": label or str(model_name), "dtype": dtype, "quantize": quantize,
+                "tasks": reports, "letter_pieces": pieces}
+
+    for plan in plans:
+        try:
+            reports[plan.bench.name] = run_plan(model, tokenizer, plan, progress)
+        except BaseException:
+            if reports:  # what finished is kept (and the failed task's complete subjects are on disk)
+                write_report(report(), output_dir)
+            raise
+        if plan.letter_ids is not None:
+            pieces[plan.bench.name] = [tokenizer.sp_model.id_to_piece(i) for i in plan.letter_ids]
+    return write_report(report(), output_dir)

@@ -1,7 +1,9 @@
 """The HTTP layer: an OpenAI-compatible FastAPI app over an :class:`~baichuan13b.serving.engine.Engine`.
 
-Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``),
-``GET /health``, ``GET /metrics``. The event loop never runs the model and never tokenises: prompts are
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream``;
+completions also with ``logprobs`` and ``echo``), ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info``
+(vLLM's tokenizer routes, which lm-evaluation-harness's ``tokenizer_backend=remote`` reads), ``GET /health``,
+``GET /metrics``. The event loop never runs the model and never tokenises: prompts are
 tokenised in a small thread pool (after the cheap checks: body size, queue room), and requests are handed to
 the engine's scheduler thread, whose events come back through ``loop.call_soon_threadsafe``. So ``/health`` and
 running streams stay responsive whatever a request holds.
@@ -34,6 +36,7 @@ from ..chat import build_chat_input
 from ..model import ContextLengthError
 from ..tokenizer import InvalidTextError
 from .engine import Engine, EngineError, EngineStoppedError, Event, QueueFullError
+from .logprobs import legacy_logprobs
 from .metrics import ServerMetrics
 from .protocol import (
     APIError,
@@ -41,8 +44,10 @@ from .protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    DetokenizeRequest,
     ErrorResponse,
     ModelList,
+    TokenizeRequest,
     error_body,
     state_engine_limits,
 )
@@ -116,6 +121,10 @@ class _AccessLog:
                         "".join(f" {k}={v}" for k, v in extra.items()))
 
 
+_TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/tokenizer_info")
+_PROTECTED = ("/metrics", *_TOKENIZER_ROUTES)
+
+
 class _Guard:
     """ASGI middleware: API key on ``/v1/*`` and ``/metrics``, 503 while draining, body size limit.
 
@@ -139,7 +148,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        protected = path.startswith("/v1/") or path == "/metrics"
+        protected = path.startswith("/v1/") or path in _PROTECTED
         if protected and scope["method"] != "OPTIONS" and self.api_key is not None:
             auth = [v for k, v in scope["headers"] if k == b"authorization"]
             if len(auth) > 1:  # which one would count is ambiguous (proxies differ): refuse
@@ -150,7 +159,7 @@ class _Guard:
                 return await _send_error(send, 401, "missing or invalid API key: send 'Authorization: Bearer KEY'",
                                          "authentication_error", "invalid_api_key",
                                          {"WWW-Authenticate": "Bearer"})
-        if self.draining() and (path.startswith("/v1/") or path == "/health"):
+        if self.draining() and (path.startswith("/v1/") or path in ("/health", *_TOKENIZER_ROUTES)):
             return await _send_error(send, 503, "the server is shutting down; retry on another instance",
                                      "server_error", "shutting_down", {"Retry-After": "5", "Connection": "close"})
         if scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -387,10 +396,13 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
     def submit(request: Request, prompt: list[int], body, sink: Callable[[Event], None]) -> str:
         cfg = body.generation_config(engine.generation_config)
         chat = isinstance(body, ChatCompletionRequest)
+        scoring = {}
+        if not chat:  # prompt log-probs are computed only when asked for
+            scoring = {"logprobs": body.logprobs, "echo": body.echo and body.logprobs is not None}
         try:
             # A chat prompt was truncated by the official format to leave room for the answer: generate what
             # fits (finish_reason "length"), as model.chat does, rather than refuse it.
-            request_id = engine.submit(prompt, sink, cfg, body.new_tokens(), fit=chat)
+            request_id = engine.submit(prompt, sink, cfg, body.new_tokens(), fit=chat, **scoring)
         except ContextLengthError as e:
             raise APIError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") \
                 from e
@@ -436,8 +448,27 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
             return {**common, "object": "chat.completion", "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text},
                  "finish_reason": final.finish_reason, "logprobs": None}]}
+        logprobs = None
+        if body.logprobs is not None or body.echo:  # detokenising off the event loop, like tokenising
+            text, logprobs = await anyio.to_thread.run_sync(completion_logprobs, prompt, text, final, body,
+                                                            limiter=limiter)
         return {**common, "object": "text_completion", "choices": [
-            {"index": 0, "text": text, "finish_reason": final.finish_reason, "logprobs": None}]}
+            {"index": 0, "text": text, "finish_reason": final.finish_reason, "logprobs": logprobs}]}
+
+    def completion_logprobs(prompt: list[int], text: str, final: Event, body: CompletionRequest
+                            ) -> tuple[str, dict[str, list] | None]:
+        """The choice's text (with ``echo`` the prompt first, as its tokens spell it: what the offsets count) and
+        the legacy ``logprobs`` object (with ``echo`` the prompt's tokens first, the first one unscored)."""
+        if body.echo:
+            text = tokenizer.decode(prompt) + text
+        if body.logprobs is None:
+            return text, None
+        segments = []
+        if body.echo:
+            segments.append((prompt, [None, *(final.prompt_logprobs or [])]))
+        generated = final.token_logprobs or []
+        segments.append(([e.token for e in generated], generated))
+        return text, legacy_logprobs(tokenizer, segments)[1]
 
     async def stream(request: Request, body, obj_id: str, kind: str, events: "asyncio.Queue[Event]",
                      created: int, request_id: str) -> AsyncIterator[str]:
@@ -528,6 +559,34 @@ def create_app(engine: Engine, *, model_name: str, api_key: str | None = None,
                 raise APIError(400, f"prompt: token id {bad[0]} is outside the vocabulary [0, {engine.vocab_size})",
                                param="prompt", code="invalid_value")
         return await run(request, body, prompt, "completion")
+
+    @app.post("/tokenize", responses={s: _ERRORS[s] for s in (400, 401, 404)})
+    async def tokenize_text(body: TokenizeRequest) -> dict[str, Any]:
+        """Token ids of ``prompt``, encoded as ``/v1/completions`` encodes a text prompt."""
+        if body.model is not None:
+            check_model(body.model)
+        tokens = await anyio.to_thread.run_sync(
+            lambda: tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens), limiter=limiter)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.context_length}
+
+    @app.post("/detokenize", responses={s: _ERRORS[s] for s in (400, 401, 404)})
+    async def detokenize_ids(body: DetokenizeRequest) -> dict[str, Any]:
+        """The text of token ids (special tokens written as their text)."""
+        if body.model is not None:
+            check_model(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < engine.vocab_size]
+        if bad:
+            raise APIError(400, f"tokens: token id {bad[0]} is outside the vocabulary [0, {engine.vocab_size})",
+                           param="tokens", code="invalid_value")
+        return {"prompt": await anyio.to_thread.run_sync(tokenizer.decode, body.tokens, limiter=limiter)}
+
+    @app.get("/tokenizer_info", responses={401: _ERRORS[401]})
+    async def tokenizer_info() -> dict[str, Any]:
+        """The tokenizer's special tokens and the context length."""
+        return {"tokenizer_class": type(tokenizer).__name__, "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+                "unk_token": tokenizer.unk_token, "model_max_length": engine.context_length,
+                "vocab_size": engine.vocab_size}
 
     # Middleware: the last added is the outermost.
     app.add_middleware(_Guard, api_key=api_key, max_bytes=max_request_bytes, draining=lambda: state["draining"],

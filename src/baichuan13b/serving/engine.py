@@ -22,6 +22,11 @@ of each sequence comes from :class:`~baichuan13b.generation.TextStream`, as in `
 Greedy output therefore equals ``model.chat`` with the same settings, up to floating-point differences between
 batch shapes (matrix products of different sizes may round differently, which can flip an exact near-tie).
 
+Log-probabilities (``submit(logprobs=k, echo=...)``, for ``/v1/completions``): with ``echo`` the prefill keeps
+the logits of every prompt position and scores each prompt token under the one before it; with ``logprobs`` every
+generated token is scored under the logits it was sampled from (:func:`~baichuan13b.serving.logprobs.score_positions`).
+They arrive with the final event. ``echo`` with ``max_new_tokens=0`` scores the prompt and generates nothing.
+
 The KV memory is reserved up front, one full-context row per slot: ``max_batch`` rows, fewer when
 ``kv_cache_bytes`` does not hold that many. A request is admitted only when a row is free, so admitted work never
 runs out of cache; others wait in a bounded queue (``max_queue``, then :class:`QueueFullError`).
@@ -45,6 +50,7 @@ from ..generation import GenerationConfig, TextStream, process_logits, select_ne
 from ..generation.decode import tokens_that_fit
 from ..generation.sampling import seen_tokens
 from ..model import ContextLengthError
+from .logprobs import TokenLogprob, score_positions
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -78,6 +84,8 @@ class Event:
     error: BaseException | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob] | None = None  # final event, with echo: prompt tokens 1.. (0 has none)
+    token_logprobs: list[TokenLogprob] | None = None  # final event, with logprobs: every generated token
 
     @property
     def final(self) -> bool:
@@ -105,6 +113,10 @@ class _Sequence:
     generated: int = 0
     aborted: bool = False
     done: bool = False
+    logprobs: int | None = None  # top alternatives to report per generated token (None: no log-probs)
+    echo: bool = False  # score the prompt tokens during prefill
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class Engine:
@@ -261,7 +273,8 @@ class Engine:
                                  f"requests are waiting; retry later")
 
     def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
-               max_new_tokens: int | None = None, request_id: str | None = None, fit: bool = False) -> str:
+               max_new_tokens: int | None = None, request_id: str | None = None, fit: bool = False, *,
+               logprobs: int | None = None, echo: bool = False) -> str:
         """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
 
         Args:
@@ -269,8 +282,11 @@ class Engine:
             sink: receives the events; it must return quickly (hand the event to another thread or loop).
             config: sampling, eos and stop strings (default: the engine's ``generation_config``);
                 ``config.max_new_tokens`` is not used, see ``max_new_tokens``.
-            max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`).
+            max_new_tokens: new tokens at most (``None``: the default, see :meth:`new_token_budget`); 0 only
+                with ``echo`` (score the prompt, generate nothing).
             fit: cap ``max_new_tokens`` to what fits instead of refusing it (see :meth:`new_token_budget`).
+            logprobs: report each generated token's log-probability and its ``logprobs`` likeliest alternatives.
+            echo: report the prompt tokens' log-probabilities too (with ``logprobs`` alternatives, 0 if None).
 
         Returns the request id (for :meth:`abort`). Raises ``ValueError`` for a bad prompt,
         :class:`~baichuan13b.model.ContextLengthError` when it does not fit, :class:`QueueFullError`,
@@ -283,7 +299,13 @@ class Engine:
         bad = [t for t in prompt if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range for a vocabulary of {self.vocab_size}")
-        max_new = self.new_token_budget(len(prompt), max_new_tokens, fit)
+        if echo and max_new_tokens == 0:  # scoring only: the whole context may hold the prompt
+            if len(prompt) > self.context_length:
+                raise ContextLengthError(f"this model's maximum context length is {self.context_length} tokens, "
+                                         f"but the prompt has {len(prompt)} tokens")
+            max_new = 0
+        else:
+            max_new = self.new_token_budget(len(prompt), max_new_tokens, fit)
         generator = None
         if not cfg.greedy:
             generator = torch.Generator(device=self.logits_device)
@@ -299,12 +321,12 @@ class Engine:
             id=request_id or uuid.uuid4().hex, order=next(self._order), prompt=prompt, config=cfg, max_new=max_new,
             sink=sink, text=TextStream(self.tokenizer, cfg.eos_token_ids, cfg.stop_strings),
             sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
-            generator=generator, seen=seen)
+            generator=generator, seen=seen, logprobs=logprobs, echo=echo)
         with self._lock:
             self._check_room()
             if seq.id in self._by_id:
                 raise ValueError(f"request id {seq.id!r} is already in use")
-            if max_new == 0:  # nothing to generate (configured max_new_tokens of 0)
+            if max_new == 0 and not echo:  # nothing to generate (configured max_new_tokens of 0)
                 self._emit(seq, Event(finish_reason="length", prompt_tokens=len(prompt)))
                 return seq.id
             self._waiting.append(seq)
@@ -389,7 +411,11 @@ class Engine:
             n = min(budget, len(seq.prompt) - seq.prefilled)
             chunk = torch.tensor([seq.prompt[seq.prefilled: seq.prefilled + n]], dtype=torch.long, device=self.device)
             try:
-                logits = self.model(chunk, cache=self.cache.row(seq.slot), logits_to_keep=1).logits[:, -1]  # [1, V]
+                out = self.model(chunk, cache=self.cache.row(seq.slot), logits_to_keep=0 if seq.echo else 1).logits
+                if seq.echo:  # row i predicts prompt token prefilled + i + 1
+                    targets = seq.prompt[seq.prefilled + 1: seq.prefilled + n + 1]
+                    seq.prompt_logprobs += score_positions(out[0], targets, seq.logprobs or 0)
+                logits = out[:, -1]  # [1, V]
             except Exception as e:
                 logger.exception("prefill failed for request %s", seq.id)
                 with self._lock:
@@ -399,10 +425,17 @@ class Engine:
             budget -= n
             self.metrics.prompt_tokens.inc(n)
             if seq.prefilled == len(seq.prompt):
-                ready.append((seq, logits))
+                if seq.max_new == 0:  # echo with max_tokens 0: the prompt is scored, nothing to generate
+                    with self._lock:
+                        self._finish(seq, reason="length")
+                else:
+                    ready.append((seq, logits))
         if ready:
             seqs = [s for s, _ in ready]
-            self._accept_tokens(seqs, self._sample(seqs, torch.cat([lg for _, lg in ready])))
+            logits = torch.cat([lg for _, lg in ready])
+            tokens = self._sample(seqs, logits)
+            self._score_tokens(seqs, logits, tokens)
+            self._accept_tokens(seqs, tokens)
 
     def _decode(self) -> None:
         with self._lock:
@@ -422,7 +455,22 @@ class Engine:
         self.metrics.batch_size.observe(len(decoding))
         if len(decoding) < n:  # keep the rows of decoding sequences (slot order, like ``decoding``)
             logits = logits.index_select(0, torch.tensor([s.slot for s in decoding], device=logits.device))
-        self._accept_tokens(decoding, self._sample(decoding, logits))
+        tokens = self._sample(decoding, logits)
+        self._score_tokens(decoding, logits, tokens)
+        self._accept_tokens(decoding, tokens)
+
+    def _score_tokens(self, seqs: list[_Sequence], logits: torch.Tensor, tokens: list[int | None]) -> None:
+        """Record the log-probability of each sampled token (and its alternatives) for the sequences that asked;
+        a failure ends that request alone."""
+        failed: list[tuple[_Sequence, Exception]] = []
+        for i, seq in enumerate(seqs):
+            if seq.logprobs is not None and not seq.done and tokens[i] is not None:
+                try:
+                    seq.token_logprobs += score_positions(logits[i: i + 1], [tokens[i]], seq.logprobs)
+                except Exception as e:
+                    failed.append((seq, e))
+                    tokens[i] = None  # not accepted either
+        self._fail(failed, "scoring")
 
     def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int | None]:
         """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings.
@@ -535,7 +583,9 @@ class Engine:
             self.metrics.finished.inc(1, "error")
         if not seq.aborted:
             self._emit(seq, Event(text=text, finish_reason=reason, error=error, prompt_tokens=len(seq.prompt),
-                                  completion_tokens=seq.generated))
+                                  completion_tokens=seq.generated,
+                                  prompt_logprobs=seq.prompt_logprobs if seq.echo else None,
+                                  token_logprobs=seq.token_logprobs if seq.logprobs is not None else None))
         if seq.slot >= 0:
             self._release(seq)
         else:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from ..generation import GenerationConfig
 from ..tokenizer import check_text
+from .logprobs import MAX_LOGPROBS
 
 # Limits on what one request may carry (the body size itself is limited by the server).
 MAX_STOP_STRINGS = 4
@@ -221,12 +222,45 @@ class ChatCompletionRequest(_SamplingRequest):
 
 
 class CompletionRequest(_SamplingRequest):
-    """``POST /v1/completions``: ``prompt`` is text or token ids (one prompt; a list of one is accepted)."""
+    """``POST /v1/completions``: ``prompt`` is text or token ids (one prompt; a list of one is accepted).
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_STREAM_OPTIONS_NEED_STREAM)
+    ``logprobs`` and ``echo`` follow OpenAI's legacy completions API (see :mod:`baichuan13b.serving.logprobs`);
+    ``echo`` with ``max_tokens: 0`` scores the prompt without generating (what log-likelihood evaluations send).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
+        _STREAM_OPTIONS_NEED_STREAM,
+        # max_tokens 0 only with echo (scoring the prompt); neither logprobs nor echo with stream.
+        {"if": {"required": ["max_tokens"], "properties": {"max_tokens": {"const": 0}}},
+         "then": {"required": ["echo"], "properties": {"echo": {"const": True}}}},
+        {"if": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+         "then": {"not": {"anyOf": [{"required": ["logprobs"], "properties": {"logprobs": {"type": "integer"}}},
+                                    {"required": ["echo"], "properties": {"echo": {"const": True}}}]}}}]})
     prompt: Union[NonEmptyText, TokenIds, Annotated[list[NonEmptyText], Field(min_length=1, max_length=1)],
                   Annotated[list[TokenIds], Field(min_length=1, max_length=1)]] = Field(
         description="text or token ids, or a list holding one of them; never empty")
+    max_tokens: _int_in(0, INT32_MAX) | None = Field(None, description="new tokens at most (default: the model's "
+                                                      "generation_config.json, capped by the context); 0 only with echo")
+    logprobs: _int_in(0, MAX_LOGPROBS) | None = Field(None, description="log-probabilities of the returned tokens "
+                                                       f"and of the most likely tokens at each position (0-{MAX_LOGPROBS})")
+    echo: bool = Field(False, validate_default=True,
+                       description="return (and with logprobs, score) the prompt before the completion")
+
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, echo: bool, info: ValidationInfo) -> bool:
+        if echo and info.data.get("stream"):
+            raise ValueError("echo is not supported with stream=true")
+        if not echo and info.data.get("max_tokens") == 0:
+            raise ValueError("must be true when max_tokens is 0 (max_tokens 0 only scores the prompt)")
+        return echo
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs_not_streamed(cls, logprobs: int | None, info: ValidationInfo) -> int | None:
+        if logprobs is not None and info.data.get("stream"):
+            raise ValueError("logprobs is not supported with stream=true")
+        return logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -285,11 +319,20 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy ``logprobs`` object: one entry per returned token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -346,3 +389,21 @@ def state_engine_limits(schema: dict[str, Any], vocab_size: int, context_length:
             if field in properties:
                 cap(properties[field], "maximum", context_length)
     return schema
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (vLLM's shape; lm-evaluation-harness's ``tokenizer_backend=remote`` uses it)."""
+
+    model_config = _STRICT
+    prompt: Text
+    add_special_tokens: bool = Field(False, description="add bos/eos as the tokenizer is configured to")
+    model: Text | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize``."""
+
+    model_config = _STRICT
+    tokens: list[Annotated[int, Field(ge=0), BeforeValidator(_integral)]]
+    model: Text | None = None
