@@ -47,3 +47,62 @@ def test_bench_cli_with_a_config_file(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "neither a preset" in bad.stderr
+
+
+def _tiny_config_file(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(ModelConfig(vocab_size=1500, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, max_position=256).to_dict()))
+    return cfg
+
+
+def test_bench_quantize_flag_reports_the_mode(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", str(_tiny_config_file(tmp_path)),
+                        "--gen-len", "3", "--prompt-len", "3", "--quantize", "int8", "--json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())[0]["quantize"] == "int8"
+
+
+def test_against_llama_cpp_names_a_missing_binary(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", str(_tiny_config_file(tmp_path)),
+                        "--against-llama-cpp", str(tmp_path / "no-llama-bench")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "no such llama-bench binary" in r.stderr
+
+
+def test_against_llama_cpp_end_to_end(tmp_path):
+    """Runs only where llama.cpp's llama-bench is available ($LLAMA_BENCH or on PATH; see docs/benchmarks.md)."""
+    import os
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("gguf")
+    binary = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
+    if not binary:
+        pytest.skip("llama-bench not found (set LLAMA_BENCH)")
+    out = tmp_path / "vs.json"
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", str(_tiny_config_file(tmp_path)),
+                        "--against-llama-cpp", binary, "--threads", "1", "--gen-len", "4", "--prefill-len", "16",
+                        "--rounds", "1", "--precisions", "bf16,int8", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "| bf16 / bf16 |" in r.stdout and "| int8 / q8_0 |" in r.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["gguf_type"] for row in rows] == ["bf16", "q8_0"]
+    assert all(row["llama_decode"] > 0 and row["ours_decode"] > 0 and row["llama_prefill"] > 0 for row in rows)
+
+
+def test_int4_group_size_for_the_llama_cpp_comparison_divides_every_layer():
+    import argparse
+
+    import pytest
+
+    from baichuan13b.bench.llama_cpp import _int4_group_size
+
+    args = argparse.Namespace(group_size=128)
+    assert _int4_group_size(args, ModelConfig.from_name("baichuan-232m")) == 64  # intermediate 2752 = 43 * 64
+    assert _int4_group_size(args, ModelConfig.from_name("baichuan-13b")) == 128
+    with pytest.raises(ValueError, match="no group size"):
+        _int4_group_size(args, ModelConfig(hidden_size=80, intermediate_size=176, num_attention_heads=5))

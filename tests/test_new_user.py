@@ -57,7 +57,8 @@ def _finetune_plot_argv(tmp_path):
     (lambda t: ["eval", "--model", "demo", "--task", "ceval", "--output_dir", str(t)], "matplotlib", "eval"),
     (lambda t: ["eval", "--compare", str(t / "r.json"), "--output_dir", str(t)], "matplotlib", "eval"),
     (_finetune_plot_argv, "matplotlib", "train"),
-], ids=["serve-uvicorn", "serve-fastapi", "web", "eval", "eval-compare", "finetune-plot"])
+    (lambda t: ["export", "--format", "gguf", "--output", str(t / "m.gguf")], "gguf", "gguf"),
+], ids=["serve-uvicorn", "serve-fastapi", "web", "eval", "eval-compare", "finetune-plot", "export-gguf"])
 def test_missing_extra_is_one_line_before_loading(argv, module, extra, tmp_path, capsys, monkeypatch, no_loading):
     monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
     code, _, err = run_cli(argv(tmp_path), capsys)

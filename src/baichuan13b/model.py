@@ -116,8 +116,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32, then cast back to the weight's dtype (as the official code does).
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        x = (x.float() * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
+        x32 = x.float()  # one conversion, used twice
+        variance = x32.pow(2).mean(-1, keepdim=True)
+        x = (x32 * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
         return self.weight * x
 
 

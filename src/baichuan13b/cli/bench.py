@@ -10,6 +10,7 @@ import argparse
 
 import torch
 
+from ..bench.speed import prepare
 from .common import add_dtype_argument, device_arg, model_arg
 
 HELP = "measure decode speed against the memory-bandwidth roofline"
@@ -35,6 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the decode step (default on GPU)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager decode steps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int4"],
+                   help="weight-only quantization, as every other command (int4: --group-size)")
+    p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    p.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: lm_head quantized too")
+    p.add_argument("--no-prepack", dest="prepack", action="store_false",
+                   help="CPU: keep weights in PyTorch's layout (default: bfloat16 prepacked for oneDNN, as chat/serve "
+                        "load)")
+    p.add_argument("--against-llama-cpp", default=None, metavar="LLAMA_BENCH",
+                   help="path of llama.cpp's llama-bench: export the same random weights to GGUF and compare "
+                        "decode and prefill per precision, alternating runs (see docs/benchmarks.md)")
+    p.add_argument("--precisions", default="fp32,bf16,int8,int4",
+                   help="with --against-llama-cpp: which of fp32,bf16,int8,int4 to compare")
+    p.add_argument("--prefill-len", type=int, default=512, help="with --against-llama-cpp: prefill tokens")
+    p.add_argument("--rounds", type=int, default=3, help="with --against-llama-cpp: alternating rounds (best kept)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
@@ -65,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     compile = on_gpu if args.compile is None else args.compile
     if args.batch < 1 or args.prompt_len < 1 or gen_len < 1:
         raise ValueError("--batch, --prompt-len and --gen-len must be positive")
+    if args.against_llama_cpp:
+        from ..bench.llama_cpp import run_comparison
+
+        return run_comparison(args, gen_len=gen_len)
     bandwidth = copy_bandwidth(device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if on_gpu else 'CPU'}), torch {torch.__version__}, "
           f"measured copy bandwidth {bandwidth:.1f} GB/s, {torch.get_num_threads()} CPU threads", flush=True)
@@ -77,16 +96,17 @@ def run(args: argparse.Namespace) -> int:
         specs = [args.random_weights or ("baichuan-13b" if on_gpu else "baichuan-1b")]
     results = []
     if args.model:
-        model = BaichuanForCausalLM.from_pretrained(args.model, torch_dtype=dtype, device_map=str(device))
+        model = prepare(BaichuanForCausalLM.from_pretrained(args.model, torch_dtype=dtype, device_map=str(device)),
+                        args)
         results.append(measure(model, name=str(args.model).rstrip("/").split("/")[-1], batch=args.batch,
                                prompt_len=args.prompt_len, gen_len=gen_len, compile=compile,
-                               bandwidth_gbs=bandwidth))
+                               bandwidth_gbs=bandwidth, quantize=args.quantize))
         print(results[-1].line(), flush=True)
     for spec in specs:
         config = config_from_spec(spec)
-        model = random_model(config, dtype, device)
+        model = prepare(random_model(config, dtype, device), args)
         results.append(measure(model, name=spec, batch=args.batch, prompt_len=args.prompt_len, gen_len=gen_len,
-                               compile=compile, bandwidth_gbs=bandwidth))
+                               compile=compile, bandwidth_gbs=bandwidth, quantize=args.quantize))
         print(results[-1].line(), flush=True)
         del model
         if on_gpu:

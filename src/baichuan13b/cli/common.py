@@ -33,6 +33,7 @@ EXTRAS = {
     "web": ("streamlit",),
     "train": ("matplotlib",),
     "eval": ("matplotlib",),
+    "gguf": ("gguf",),  # export --format gguf checks it itself (export.gguf.require_gguf)
 }
 
 
@@ -216,6 +217,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantize the weights while loading (weight-only int8 per channel, or int4 group-wise); "
                         "a folder written by `baichuan quantize` is loaded as saved")
     g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    g.add_argument("--no-prepack", dest="prepack", action="store_false",
+                   help="CPU: keep the weights in PyTorch's layout (default: bfloat16 linear weights are "
+                        "prepacked for oneDNN, faster decoding; see docs/performance.md)")
     g.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder (PEFT format: adapter_config.json + adapter_model.safetensors/.bin) "
                         "applied on top of --model")
@@ -323,9 +327,12 @@ def adapt_generation_defaults(model, args: argparse.Namespace) -> None:
         model.generation_config = cfg.update(max_new_tokens=adapted)
 
 
-def load(args: argparse.Namespace):
+def load(args: argparse.Namespace, for_inference: bool = True):
     """Load (model, tokenizer) as the flags say, with a progress bar on stderr. The flags are checked first
-    (:func:`check_flags`), so a typo costs no loading time."""
+    (:func:`check_flags`), so a typo costs no loading time.
+
+    ``for_inference``: on CPU, prepack the linear weights for decoding (unless ``--no-prepack``); callers that
+    change or save the weights (adapter merging) pass False."""
     from ..model import BaichuanForCausalLM
     from ..tokenizer import BaichuanTokenizer
 
@@ -371,6 +378,10 @@ def load(args: argparse.Namespace):
         load_adapter(model, adapter)
     if world > 1 and not sliced:
         apply_tensor_parallel(model)
+    if world == 1 and for_inference and getattr(args, "prepack", True) and not adapter:
+        from ..cpu_linear import pack_linear_weights
+
+        pack_linear_weights(model)  # CPU bfloat16 linears only; a no-op on GPUs
     adapt_generation_defaults(model, args)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer

@@ -176,6 +176,12 @@ def stream_tokens(
     max_new = _new_token_budget(model, T, int(cfg.max_new_tokens))
     if max_new == 0:
         return
+    if compile:
+        from ..cpu_linear import has_packed_weights
+
+        if has_packed_weights(model):
+            raise ValueError("compile=True needs plain weights: the model's CPU weights are prepacked for eager "
+                             "decoding (baichuan13b.cpu_linear.unpack_linear_weights(model), or --no-prepack)")
     device = model.device
     input_ids = input_ids.to(device)
     cache_len = _static_cache_length(T + max_new, max(model.config.max_position, T + max_new)) if compile \
