@@ -8,35 +8,69 @@ The streamlit script (:mod:`baichuan13b.web.app`) only draws; everything it deci
 * :func:`load_chat_model`: model, tokenizer, the starting :class:`~baichuan13b.generation.GenerationConfig` and the
   :class:`ModelFacts` shown in the sidebar.
 * :class:`Settings` / :func:`settings_to_overrides`: sidebar values to ``chat()`` keyword overrides.
-* :class:`Conversation`: one browser session's history; :meth:`Conversation.reply` streams an answer through the
-  one decode path (:func:`baichuan13b.chat.chat`) and keeps a stopped answer's partial text in the history.
-* :func:`check_input_fits`: a message that cannot fit in the model's context is an error, while an old history
-  that no longer fits is truncated the official way by :func:`baichuan13b.chat.build_chat_ids`.
+* :class:`Conversation`: one chat's history; :meth:`Conversation.reply` streams an answer through the one decode
+  path (:func:`stream_answer`, i.e. :func:`baichuan13b.chat.chat`), keeps a stopped answer's partial text in the
+  history and records its token counts and speed; :meth:`Conversation.continue_reply` goes on with an answer cut
+  by the length limit.
+* :class:`ChatStore`: the chats of the server process, keyed by the id in the page's URL (``?chat=...``), so a
+  reload finds its history and settings again (memory only, the least recently used dropped beyond a bound).
+* :func:`check_message`: a message that is blank, is not valid text, or cannot fit in the model's context is
+  refused with a message; an old history that no longer fits is truncated the official way by
+  :func:`baichuan13b.chat.build_chat_ids`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import secrets
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..chat import chat
+import torch
+
+from ..chat import build_chat_input, chat
+from ..checkpoint import DEMO_NAME
 from ..cli.common import add_model_arguments, add_sampling_arguments, display_name, load, sampling_overrides
-from ..generation import GenerationConfig
+from ..generation import GenerationConfig, stream_text
+from ..generation.decode import resolve_config, tokens_that_fit
 from ..model import ContextLengthError
+from ..tokenizer import InvalidTextError, check_text
 
 APP_PATH = Path(__file__).resolve().with_name("app.py")
 
 # Every label of the page, Chinese first then English (the seed's page was Chinese only).
 LABELS = {
     "greeting": "您好，我是百川大模型，很高兴为您服务 🥰\n\nHello, I am Baichuan. Happy to help you.",
+    "demo_greeting": "你好！我是百川演示模型，只知道很少的知识（几座高山、几条长河、十五个国家的首都、简单的算术），"
+                     "有什么可以帮你？\n\nHello! I am the Baichuan demo model: I know only a few facts (some "
+                     "mountains, rivers and capitals, and simple arithmetic). How can I help you?",
+    "demo_title": "百川演示模型 / Baichuan demo model",
+    "loading": "加载模型… / Loading the model…",
     "input": "输入您的问题 / Ask a question (Enter to send)",
     "clear": "清空对话 / Clear history",
     "stop": "停止生成 / Stop",
     "stopped": "已停止 / stopped",
+    "no_answer": "（没有回答：模型立即结束了）/ (no answer: the model ended at once)",
+    "cut": "已达长度上限，停在 {n} 个 token / stopped at {n} tokens (length limit)",
+    "continue": "继续 / Continue",
+    "regenerate": "重新生成 / Regenerate",
+    "edit": "编辑 / Edit",
+    "resend": "重新发送 / Resend",
+    "copy": "复制 / Copy",
+    "copy_help": "点右上角的图标复制原文 / The icon at the top right copies the exact text",
+    "stats": "{n} tokens · {rate} tokens/s · 上下文已用 / context used {used}/{context}",
+    "system_in_use": "系统提示 / System prompt in use",
+    "out_of_range": "{name}: {value} 超出范围 {low}–{high}，已改为 {fixed} / out of range {low}–{high}: "
+                    "set to {fixed}",
+    "invalid_text": "无效文本 / Invalid text",
+    "lone_surrogate": "U+{code}（位置 {position}）是单独的代理字符，不是文本，已替换为 \ufffd / U+{code} at position "
+                      "{position} is a lone surrogate (half of a character pair, e.g. from a broken copy and paste), "
+                      "which is not text: it was replaced by \ufffd",
     "settings": "生成参数 / Generation settings",
     "do_sample": "采样 / Sample (off: greedy)",
     "temperature": "温度 / Temperature",
@@ -51,6 +85,8 @@ LABELS = {
     "markdown_help": "关闭则按原文显示 / Off: show the exact text",
     "facts": "模型信息 / Model",
     "name": "名称 / Name",
+    "about": "说明 / About",
+    "demo_about": "本项目自带的小型演示模型 / the project's tiny demo model (docs/demo.md)",
     "parameters": "参数量 / Parameters",
     "dtype": "精度 / Dtype",
     "quantization": "量化 / Quantization",
@@ -135,11 +171,24 @@ class ModelFacts:
     device: str
     context: int
     position: str
+    is_demo: bool = False
+
+    @property
+    def title(self) -> str:
+        """What the page calls the model: the demo by what it is, any other model by its name."""
+        return LABELS["demo_title"] if self.is_demo else self.name
+
+    @property
+    def greeting(self) -> str:
+        """The first bubble: the demo introduces itself as the demo (as it answers "你是谁"), others as Baichuan."""
+        return LABELS["demo_greeting"] if self.is_demo else LABELS["greeting"]
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs for display."""
+        about = [(LABELS["about"], LABELS["demo_about"])] if self.is_demo else []
         return [
             (LABELS["name"], self.name),
+            *about,
             (LABELS["parameters"], f"{self.parameters / 1e9:.2f} B" if self.parameters >= 1e8
              else f"{self.parameters / 1e6:.2f} M"),
             (LABELS["dtype"], self.dtype),
@@ -157,14 +206,16 @@ def model_facts(model: Any, args: argparse.Namespace) -> ModelFacts:
 
     devices = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())})
     quantization = QuantizationConfig.of_model_config(model.config)
+    name = display_name(args)
     return ModelFacts(
-        name=display_name(args),
+        name=name,
         parameters=model.config.num_parameters(),
         dtype=str(model.dtype).removeprefix("torch."),
         quantization=quantization.describe() if quantization else "none",
         device=", ".join(devices),
         context=model.config.max_position,
         position="ALiBi" if model.config.position_embedding == "alibi" else "RoPE",
+        is_demo=name == DEMO_NAME,
     )
 
 
@@ -180,6 +231,10 @@ class LoadedModel:
     title: str
 
 
+# The page flags (as tuples) whose model this process has loaded: the page shows "loading" until then.
+LOADED: set[tuple[str, ...]] = set()
+
+
 def load_chat_model(argv: Sequence[str]) -> LoadedModel:
     """Parse the page's flags and load model and tokenizer (the same loading as ``baichuan chat``)."""
     args = parse_args(argv)
@@ -187,8 +242,9 @@ def load_chat_model(argv: Sequence[str]) -> LoadedModel:
     base = model.generation_config or GenerationConfig.from_model_config(model.config)
     defaults = base.update(**sampling_overrides(args))
     facts = model_facts(model, args)
+    LOADED.add(tuple(argv))
     return LoadedModel(model=model, tokenizer=tokenizer, defaults=defaults, facts=facts, system=args.system,
-                       title=args.title or facts.name)
+                       title=args.title or facts.title)
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -223,9 +279,25 @@ def settings_to_overrides(settings: Settings) -> dict[str, Any]:
     return overrides
 
 
+def clamp_setting(name: str, value: Any, low: int, high: int) -> tuple[int, str | None]:
+    """A typed-in whole number brought into ``[low, high]``: (the value to use and show, a message or None).
+
+    A number field that refused out-of-range values silently kept the old one while showing the typed one; the
+    page instead shows and uses the clamped value and says so."""
+    fixed = min(high, max(low, int(value)))
+    if fixed == value:
+        return fixed, None
+    return fixed, LABELS["out_of_range"].format(name=name, value=value, low=low, high=high, fixed=fixed)
+
+
 # ------------------------------------------------------------------------------------------------ input checks
 class InputTooLongError(ValueError):
     """The new message (with the system prompt) cannot fit in the part of the context the prompt may use."""
+
+
+def is_blank(text: str | None) -> bool:
+    """A message with nothing but whitespace is not sent."""
+    return text is None or not text.strip()
 
 
 def check_input_fits(tokenizer: Any, text: str, system: str | None, context: int, max_new_tokens: int) -> int:
@@ -252,18 +324,98 @@ def check_input_fits(tokenizer: Any, text: str, system: str | None, context: int
 
 
 # ------------------------------------------------------------------------------------------------ history
+def stream_answer(model: Any, tokenizer: Any, messages: list[dict[str, str]], **overrides: Any) -> Iterator[str]:
+    """The page's one call into the chat path: the cumulative answer to ``messages`` (newest last)."""
+    return chat(model, tokenizer, messages, stream=True, **overrides)
+
+
+def stream_continuation(model: Any, tokenizer: Any, messages: list[dict[str, str]], partial: str,
+                        **overrides: Any) -> Iterator[str]:
+    """Go on with ``partial``, an answer to ``messages`` that the length limit cut: the prompt is the chat prompt
+    followed by the partial answer's tokens, decoded by the same path; yields the cumulative new text."""
+    cfg = resolve_config(model, None, overrides)
+    prompt = build_chat_input(model, tokenizer, messages, generation_config=cfg)  # [1, n]
+    done = torch.tensor([tokenizer.encode(partial, add_special_tokens=False)], dtype=torch.long,
+                        device=prompt.device)  # [1, m]
+    text = ""
+    pieces = stream_text(model, tokenizer, torch.cat([prompt, done], dim=1), cfg)
+    try:
+        for piece in pieces:
+            text += piece
+            yield text
+    finally:
+        pieces.close()
+
+
+class TokenCounter:
+    """A tokenizer that counts the tokens its stream decoders are given: exactly the tokens generated, eos
+    excluded (the decode path turns every generated token into text through ``tokenizer.stream_decoder``, and
+    ends at eos without decoding it). Everything else is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+    def stream_decoder(self, *args: Any, **kwargs: Any) -> _CountedDecoder:
+        return _CountedDecoder(self.tokenizer.stream_decoder(*args, **kwargs), self)
+
+
+class _CountedDecoder:
+    def __init__(self, decoder: Any, counter: TokenCounter):
+        self.decoder, self.counter = decoder, counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.decoder, name)
+
+    def put(self, token: int) -> str:
+        self.counter.count += 1
+        return self.decoder.put(token)
+
+
 @dataclass
 class Message:
-    """One chat bubble. ``stopped`` marks an answer that was cut off by the stop button (or a reload)."""
+    """One chat bubble.
+
+    ``stopped`` marks an answer cut off by the stop button (or a reload). For an answer that ended, ``tokens`` is
+    the number of tokens generated (eos excluded), ``prompt_tokens`` the prompt it was read after,
+    ``seconds`` the time it took (prompt included) and ``cut`` whether it ended at the length limit (no eos).
+    """
 
     role: str
     content: str
     stopped: bool = False
+    tokens: int | None = None
+    prompt_tokens: int | None = None
+    seconds: float | None = None
+    cut: bool = False
+
+    def note(self) -> str | None:
+        """Why an answer ended, when it did not end by itself with some text."""
+        if self.role != "assistant":
+            return None
+        if self.stopped:
+            return "⏹ " + LABELS["stopped"]
+        if self.cut:
+            return "✂️ " + LABELS["cut"].format(n=self.tokens)
+        if not self.content and self.tokens is not None:
+            return "∅ " + LABELS["no_answer"]
+        return None
+
+    def stats(self, context: int) -> str | None:
+        """Tokens, speed and context used, under an answer that ended."""
+        if self.role != "assistant" or self.tokens is None or self.seconds is None or self.stopped:
+            return None
+        rate = f"{self.tokens / self.seconds:.1f}" if self.seconds > 0 else "-"
+        return LABELS["stats"].format(n=self.tokens, rate=rate, used=(self.prompt_tokens or 0) + self.tokens,
+                                      context=context)
 
 
 @dataclass
 class Conversation:
-    """One browser session's history (each session keeps its own in ``st.session_state``).
+    """One chat's history (kept in :class:`ChatStore` under the id in the page's URL).
 
     At most one answer is written at a time. Streamlit may start a new run of the page while the previous run's
     thread is still computing a token (a click during an answer), so :meth:`stop_reply` (called at the start of
@@ -282,9 +434,13 @@ class Conversation:
 
     def clear(self) -> None:
         """Stop any answer being streamed and forget the whole history."""
+        self.truncate(0)
+
+    def truncate(self, index: int) -> None:
+        """Stop any answer being streamed and forget the messages from ``index`` on (edit, regenerate)."""
         with self._lock:
             self._writer += 1
-            self.messages.clear()
+            del self.messages[index:]
 
     def for_model(self, system: str | None = None) -> list[dict[str, str]]:
         """The messages as :func:`baichuan13b.chat.chat` takes them, the system prompt first when given."""
@@ -297,9 +453,10 @@ class Conversation:
         """Add the user message ``text`` and stream the answer, yielding the cumulative text.
 
         The answer is in the history from the start and updated before each yield, marked ``stopped`` until it
-        ends by itself. It ends early, keeping its partial text, when the caller closes the iterator (streamlit
-        interrupting the script) or when :meth:`stop_reply` or :meth:`clear` is called. If generation fails
-        before any text, both new messages are removed and the error propagates.
+        ends by itself (then its token counts and time are recorded). It ends early, keeping its partial text,
+        when the caller closes the iterator (streamlit interrupting the script) or when :meth:`stop_reply`,
+        :meth:`truncate` or :meth:`clear` is called. If generation fails before any text, both new messages are
+        removed and the error propagates.
         """
         question, answer = Message("user", text), Message("assistant", "", stopped=True)
         with self._lock:
@@ -309,28 +466,123 @@ class Conversation:
             self.messages += [question, answer]
         if system:
             conversation.insert(0, {"role": "system", "content": system})
-        stream = chat(model, tokenizer, conversation + [{"role": "user", "content": text}], stream=True,
-                      **overrides)
+        conversation.append({"role": "user", "content": text})
+        counter = TokenCounter(tokenizer)
+        stream = stream_answer(model, counter, conversation, **overrides)
+        yield from self._write(model, counter, conversation, answer, "", stream, me, overrides,
+                               drop_on_error=(question, answer))
+
+    def continue_reply(self, model: Any, tokenizer: Any, system: str | None = None,
+                       **overrides: Any) -> Iterator[str]:
+        """Go on with the last answer, which the length limit cut; yields its whole text as it grows."""
+        with self._lock:
+            if len(self.messages) < 2 or not self.messages[-1].cut:
+                raise ValueError("there is no answer cut by the length limit to continue")
+            self._writer += 1
+            me = self._writer
+            answer = self.messages[-1]
+            done, done_tokens, seconds = answer.content, answer.tokens or 0, answer.seconds or 0.0
+            conversation = [{"role": m.role, "content": m.content} for m in self.messages[:-1]]
+            answer.stopped, answer.cut = True, False
+        if system:
+            conversation.insert(0, {"role": "system", "content": system})
+        counter = TokenCounter(tokenizer)
+        stream = stream_continuation(model, counter, conversation, done, **overrides)
+        yield from self._write(model, counter, conversation, answer, done, stream, me, overrides,
+                               before=(done_tokens, seconds))
+
+    def _write(self, model: Any, counter: TokenCounter, conversation: list[dict[str, str]], answer: Message,
+               done: str, stream: Iterator[str], me: int, overrides: dict[str, Any],
+               drop_on_error: tuple[Message, ...] = (), before: tuple[int, float] = (0, 0.0)) -> Iterator[str]:
+        """Stream ``done`` + new text into ``answer`` while this reply may write; record the counts at the end."""
+        start = time.perf_counter()
         try:
             for cumulative in stream:
                 with self._lock:
                     if self._writer != me:
                         return
-                    answer.content = cumulative
-                yield cumulative
+                    answer.content = done + cumulative
+                yield answer.content
+            cfg = resolve_config(model, None, overrides)
+            prompt_tokens = build_chat_input(model, counter.tokenizer, conversation, generation_config=cfg).shape[1]
+            new_tokens = counter.count
+            budget = cfg.max_new_tokens
+            if not model.config.allow_length_extrapolation:  # the decode path's own limit
+                budget = min(budget, tokens_that_fit(model.config.max_position, prompt_tokens + before[0]))
             with self._lock:
-                answer.stopped = self._writer != me
+                if self._writer == me:
+                    answer.stopped = False
+                    answer.tokens = before[0] + new_tokens
+                    answer.prompt_tokens = prompt_tokens
+                    answer.seconds = before[1] + time.perf_counter() - start
+                    answer.cut = new_tokens >= budget
         except (ValueError, RuntimeError):  # ContextLengthError is a ValueError; re-raised for the page
             with self._lock:
-                if not answer.content:
-                    self.messages = [m for m in self.messages if m is not question and m is not answer]
+                if drop_on_error and not answer.content:
+                    self.messages = [m for m in self.messages if all(m is not d for d in drop_on_error)]
+                elif not drop_on_error:  # a failed continuation leaves the answer as it was
+                    answer.content, answer.stopped, answer.cut = done, False, True
             raise
         finally:
             stream.close()
 
 
+@dataclass
+class SavedChat:
+    """What a reload finds again: the history and the sidebar's values (widget key -> value)."""
+
+    conversation: Conversation = field(default_factory=Conversation)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatStore:
+    """The chats of this server process by id (the ``chat`` parameter of the page's URL), in memory only.
+
+    A chat unused for the longest time is forgotten when more than ``capacity`` exist; nothing is written to
+    disk. Ids are random (128 bits), so one browser cannot guess another's chat.
+    """
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = capacity
+        self._chats: OrderedDict[str, SavedChat] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(16)
+
+    @staticmethod
+    def valid_id(chat_id: str | None) -> bool:
+        return bool(chat_id) and len(chat_id) == 32 and all(c in "0123456789abcdef" for c in chat_id)
+
+    def get(self, chat_id: str) -> SavedChat:
+        """The chat ``chat_id`` (a new empty one the first time), marked as just used."""
+        with self._lock:
+            saved = self._chats.pop(chat_id, None) or SavedChat()
+            self._chats[chat_id] = saved
+            while len(self._chats) > self.capacity:
+                self._chats.popitem(last=False)
+            return saved
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+
+def check_message(tokenizer: Any, text: str, system: str | None, context: int, max_new_tokens: int) -> None:
+    """Everything the page checks before sending ``text``: valid text (message and system prompt), and that it
+    fits (:func:`check_input_fits`). Raises :class:`InvalidTextError` or :class:`InputTooLongError`."""
+    check_text(text, "your message")
+    if system:
+        check_text(system, "the system prompt")
+    check_input_fits(tokenizer, text, system, context, max_new_tokens)
+
+
 def describe_error(error: BaseException) -> str:
     """A one-line message for the page (no traceback)."""
-    kind = LABELS["too_long"] if isinstance(error, (InputTooLongError, ContextLengthError)) else \
-        LABELS["generation_error"]
+    if isinstance(error, InvalidTextError):
+        kind = LABELS["invalid_text"]
+    elif isinstance(error, (InputTooLongError, ContextLengthError)):
+        kind = LABELS["too_long"]
+    else:
+        kind = LABELS["generation_error"]
     return f"{kind}: {error}"
