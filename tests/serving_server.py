@@ -90,11 +90,12 @@ class RunningServer:
         return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=60)
 
     def wait_idle(self, timeout: float = 5.0) -> dict:
-        """Wait until the engine holds no request (and no cache row holds keys); return its stats."""
+        """Wait until the engine holds no request (and every KV block is back in the pool); return its stats."""
         deadline = time.monotonic() + timeout
         while True:
             stats = self.engine.stats()
-            if (stats["running"], stats["waiting"], stats["tracked"], stats["filled_rows"]) == (0, 0, 0, 0):
+            if (stats["running"], stats["waiting"], stats["tracked"], stats["filled_rows"]) == (0, 0, 0, 0) and \
+                    stats["free_blocks"] == stats["blocks"]:
                 return stats
             if time.monotonic() > deadline:
                 return stats

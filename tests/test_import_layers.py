@@ -15,10 +15,12 @@ PACKAGE = "baichuan13b"
 ROOT = Path(baichuan13b.__file__).resolve().parent
 
 # The model class's Hugging Face-style entry points delegate upward at call time, by design: from_pretrained to
-# the loader, save_pretrained to the saver, quantize to the quantization package (which builds models itself).
-# These three imports are the only ones allowed to point from a lower module to a higher one.
+# the loader, save_pretrained to the saver, quantize to the quantization package (which builds models itself),
+# chat and build_chat_input to chat.py (which answers through the paged serving engine). These imports are the only ones allowed to
+# point from a lower module to a higher one.
 DELEGATES = {("baichuan13b.model", "from_pretrained"), ("baichuan13b.model", "save_pretrained"),
-             ("baichuan13b.model", "quantize")}
+             ("baichuan13b.model", "quantize"), ("baichuan13b.model", "chat"),
+             ("baichuan13b.model", "build_chat_input")}
 
 # Lowest layers: what each may import from the package (nothing else, not even lazily).
 FOUNDATIONS = {

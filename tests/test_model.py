@@ -241,35 +241,6 @@ def test_presets():
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_per_row_cache_rows_of_different_lengths_equal_single_sequences(name):
-    """The serving engine's mode: rows join at different times, prefill alone, then decode together."""
-    model = make_model(name)
-    g = torch.Generator().manual_seed(11)
-    prompts = [torch.randint(3, 97, (n,), generator=g) for n in (9, 4, 6)]
-    cache = model.new_cache(batch_size=3, max_length=32, per_row=True)
-    last = []
-    for b, p in enumerate(prompts):  # prefill each row alone, through a one-row view (two chunks for row 0)
-        view = cache.row(b)
-        if b == 0:
-            model(p[None, :5], cache=view)
-            last.append(model(p[None, 5:], cache=view).logits[0, -1])
-        else:
-            last.append(model(p[None], cache=view).logits[0, -1])
-    assert cache.row_lengths.tolist() == [9, 4, 6]
-    seqs = [p.clone() for p in prompts]
-    for step in range(4):  # decode all rows in one batch
-        nxt = torch.stack([lg.argmax() for lg in last])  # [3]
-        seqs = [torch.cat([s, n[None]]) for s, n in zip(seqs, nxt)]
-        out = model(nxt[:, None], cache=cache).logits[:, -1]
-        for b, s in enumerate(seqs):
-            torch.testing.assert_close(out[b], model(s[None]).logits[0, -1], atol=1e-5, rtol=1e-5)
-        last = list(out)
-    assert cache.row_lengths.tolist() == [13, 8, 10]
-    with pytest.raises(ValueError, match="per-row"):
-        model(torch.zeros(3, 1, dtype=torch.long), attention_mask=torch.ones(3, 14), cache=cache)
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
 def test_static_shape_decoding_equals_dynamic(name):
     """input_pos mode (whole-cache attention, fixed shapes for CUDA graphs) gives the same logits."""
     model = make_model(name)

@@ -452,8 +452,9 @@ def test_engine_rejects_bad_settings(loaded):
         Engine(model, tok, max_batch=0)
     with pytest.raises(ValueError, match="holds no sequence"):
         Engine(model, tok, kv_cache_bytes=1000)
-    engine = Engine(model, tok, max_batch=8, kv_cache_bytes=Engine(model, tok, max_batch=1).slot_bytes * 3)
-    assert engine.max_batch == 3  # the KV budget lowers the slot count
+    one = Engine(model, tok, max_batch=1)  # one full context of blocks
+    engine = Engine(model, tok, max_batch=8, kv_cache_bytes=one.blocks.num_blocks * one.block_bytes * 3)
+    assert engine.max_batch == 8 and engine.blocks.num_blocks == 3 * one.blocks.num_blocks  # the budget sizes the pool
     with pytest.raises(ValueError, match="max_seq_len"):
         Engine(model, tok, max_seq_len=10_000)
     with pytest.raises(ValueError, match="empty"):
@@ -499,16 +500,3 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode(loaded):
     # 13 prefill steps of 8 tokens: the short request got a token in each (the last after the long one's first)
     assert during_prefill >= 100 // 8
     assert all(name == "short" for name, *_ in log)
-
-
-def test_cache_rows_view_shares_storage(loaded):
-    model, _ = loaded
-    cache = model.new_cache(4, 16, per_row=True)
-    view = cache.rows(1, 3)
-    model(torch.tensor([[5, 6, 7]]), cache=view.rows(1, 2))  # row 2 of the cache, through a view of a view
-    assert cache.row_lengths.tolist() == [0, 0, 3, 0] and view.batch_size == 2
-    assert cache.k[0][2, :, :3].abs().sum() > 0 and cache.k[0][[0, 1, 3]].abs().sum() == 0
-    with pytest.raises(ValueError, match="out of range"):
-        cache.rows(3, 5)
-    with pytest.raises(ValueError, match="per_row"):
-        model.new_cache(2, 8).rows(0, 1)

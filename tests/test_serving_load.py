@@ -94,6 +94,7 @@ def test_50_clients_disconnecting_mid_stream_leave_nothing_behind(server, loaded
         asyncio.run(main())
         stats = server.wait_idle(timeout=5)
     assert (stats["running"], stats["waiting"], stats["tracked"], stats["filled_rows"]) == (0, 0, 0, 0)
+    assert stats["free_blocks"] == stats["blocks"]  # every block came back (cached prefixes count as free)
     start = time.monotonic()
     r = server.client().chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "你好"}],
                                                 max_tokens=5, temperature=0)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache
+from .cache import KVCache, PagedBatch, PagedKVCache
 from .config import ModelConfig
 from .errors import ContextLengthError
 
@@ -101,7 +101,9 @@ class AttentionInputs:
         if self.slopes is not None:
             bias = self.slopes.to(device)[None, :, None, None] * rel[:, None].to(torch.float32)  # [Bq, H, t, S]
         else:
-            bias = torch.zeros((1, 1) + allowed.shape[-2:], dtype=torch.float32, device=device)
+            # float32 maths, float64 for a float64 model (whose mask value does not fit in float32)
+            bias = torch.zeros((1, 1) + allowed.shape[-2:], dtype=torch.promote_types(torch.float32, dtype),
+                               device=device)
         # A finite minimum (not -inf) keeps fully padded query rows finite instead of NaN.
         bias = bias.masked_fill(~allowed, torch.finfo(dtype).min)
         return bias.to(dtype)
@@ -154,8 +156,8 @@ class Attention(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         start: int | torch.Tensor,
     ) -> torch.Tensor:
-        """``start``: the first cache slot written (shared by all rows), per-row slots [B, T], or shared
-        slots [T] as a tensor (static-shape decoding)."""
+        """``start``: the first cache slot written (shared by all rows), shared slots [T] as a tensor
+        (static-shape decoding), or a :class:`PagedBatch` (``cache`` is then this layer's block pool)."""
         B, T, _ = x.shape
         qkv = self.W_pack(x)  # [B, T, 3 * hidden]
         qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)  # [B, T, 3, H, D]
@@ -163,20 +165,17 @@ class Attention(nn.Module):
         if inv_freq is not None:
             q = apply_rope(q, inputs.rope_positions, inv_freq)
             k = apply_rope(k, inputs.rope_positions, inv_freq)
-        if cache is not None:
+        if isinstance(start, PagedBatch):
+            k, v = start.write_and_read(k, v, *cache)  # through the block tables: [B, H, S, D]
+        elif cache is not None:
             k_cache, v_cache = cache  # [B, H, S_max, D]
             S = inputs.k_pos.numel()
             if isinstance(start, int):
                 k_cache[:, :, start : start + T] = k
                 v_cache[:, :, start : start + T] = v
-            elif start.dim() == 1:  # static shapes: slots [T] shared by all rows, no host sync
+            else:  # static shapes: slots [T] shared by all rows, no host sync
                 k_cache.index_copy_(2, start.to(k.device), k)
                 v_cache.index_copy_(2, start.to(v.device), v)
-            else:  # each row writes at its own slots
-                rows = torch.arange(B, device=k.device)[:, None]  # [B, 1]
-                slots = start.to(k.device)  # [B, T]
-                k_cache[rows, :, slots] = k.transpose(1, 2)  # indexed view is [B, T, H, D]
-                v_cache[rows, :, slots] = v.transpose(1, 2)
             k, v = k_cache[:, :, :S], v_cache[:, :, :S]  # [B, H, S, D]
         if inputs.slopes is None and inputs.key_valid is None and k.shape[2] == T:
             # RoPE, no padding, no cached prefix: plain causal attention, eligible for the flash kernels.
@@ -224,21 +223,58 @@ class BaichuanModel(nn.Module):
         self.alibi_slopes = alibi_slopes(self.config.num_attention_heads).to(device)
         self.rope_inv_freq = rope_inv_freq(self.config.head_dim, self.config.rope_theta).to(device)
 
+    def _check_length(self, S: int, T: int, start: int) -> None:
+        limit = self.config.max_position
+        if S > limit and not self.config.allow_length_extrapolation:
+            raise ContextLengthError(
+                f"input of {T} tokens{f' after {start} cached' if start else ''} exceeds the model's context "
+                f"of {limit} tokens (config max_position); shorten the input"
+                + (" or enable ALiBi extrapolation with model.config.allow_length_extrapolation = True"
+                   if self.config.position_embedding == "alibi" else "")
+            )
+
+    def _paged_inputs(self, input_ids, attention_mask, batch: PagedBatch):
+        """Per-row positions from a :class:`PagedBatch`: row b's queries sit at ``batch.positions[b]`` and see
+        keys ``0 .. key_lengths[b] - 1`` of its own block table (rows are never padded on the left)."""
+        if attention_mask is not None:
+            raise ValueError("attention_mask is not used with a paged cache: rows are never padded")
+        B, T = input_ids.shape
+        if tuple(batch.positions.shape) != (B, T):
+            raise ValueError(f"the paged batch addresses {list(batch.positions.shape)} tokens, input is {[B, T]}")
+        device = input_ids.device
+        longest = int(batch.key_lengths.max())  # host side: the batch was built there
+        self._check_length(longest, T, longest - T)
+        q_pos = batch.positions.to(device)  # [B, T]
+        k_pos = torch.arange(batch.num_keys, device=device)
+        inputs = AttentionInputs(
+            q_pos=q_pos,
+            k_pos=k_pos,
+            key_valid=k_pos[None, :] < batch.key_lengths.to(device)[:, None],  # [B, S]
+            slopes=self.alibi_slopes if self.config.position_embedding == "alibi" else None,
+            rope_positions=q_pos if self.config.position_embedding == "rope" else None,
+        )
+        return inputs, batch
+
     def _attention_inputs(self, input_ids, attention_mask, cache, input_pos):
         """Positions, masks and cache write slots for one forward pass, in one of three modes:
 
-        * shared length (default): all rows write at ``cache.length`` onwards and attend to the filled slots;
-          ``attention_mask`` [B, cached + T] marks left padding;
-        * per-row lengths (``cache.row_lengths``, serving): row b writes after its own length;
+        * shared length (default, :class:`KVCache` or no cache): all rows write at ``cache.length`` onwards and
+          attend to the filled slots; ``attention_mask`` [B, cached + T] marks left padding;
+        * paged (:class:`PagedBatch`: serving, chat, evaluation): every row at its own positions, through its
+          block table;
         * static shapes (``input_pos`` [T] given, compiled decoding): rows write at ``input_pos`` and attend
           over the whole preallocated cache, so every step has the same shapes (CUDA-graph friendly);
           ``attention_mask`` is then [B, cache.max_length]. No host synchronisation.
         """
+        if isinstance(cache, PagedBatch):
+            if input_pos is not None:
+                raise ValueError("input_pos is for a KVCache; a paged batch carries its own positions")
+            return self._paged_inputs(input_ids, attention_mask, cache)
         B, T = input_ids.shape
         device = input_ids.device
         rope = self.config.position_embedding == "rope"
         if input_pos is not None:
-            if cache is None or cache.row_lengths is not None:
+            if cache is None:
                 raise ValueError("input_pos needs a shared-length KVCache (static-shape decoding)")
             S = cache.max_length
             q_pos = input_pos.to(device)[None]  # [1, T]
@@ -255,45 +291,24 @@ class BaichuanModel(nn.Module):
                     rope_positions = q_pos.expand(B, T)
             write_at: int | torch.Tensor = q_pos[0]
         else:
-            row_starts = cache.row_lengths if cache is not None else None
-            if row_starts is not None:
-                # Rows hold sequences of different lengths (serving engine): row b writes at row_starts[b] + t
-                # and sees only its own filled slots.
-                if attention_mask is not None:
-                    raise ValueError("attention_mask is not used with a per-row cache: rows are never padded")
-                row_starts = row_starts.to(device)
-                start = int(row_starts.max())  # (host sync) the longest row decides the key range
-            else:
-                start = cache.length if cache is not None else 0
+            start = cache.length if cache is not None else 0
             S = start + T
-            limit = self.config.max_position
-            if S > limit and not self.config.allow_length_extrapolation:
-                raise ContextLengthError(
-                    f"input of {T} tokens{f' after {start} cached' if start else ''} exceeds the model's context "
-                    f"of {limit} tokens (config max_position); shorten the input"
-                    + (" or enable ALiBi extrapolation with model.config.allow_length_extrapolation = True"
-                       if self.config.position_embedding == "alibi" else "")
-                )
+            self._check_length(S, T, start)
             if cache is not None and S > cache.max_length:
                 raise ContextLengthError(f"KV cache holds {cache.max_length} positions, {S} are needed")
-            if row_starts is not None:
-                q_pos = row_starts[:, None] + torch.arange(T, device=device)  # [B, T]
-                key_valid = torch.arange(S, device=device)[None, :] < (row_starts + T)[:, None]  # [B, S]
-                write_at = q_pos
-            else:
-                q_pos = torch.arange(start, S, device=device)[None]  # [1, T]
-                write_at = start
-                key_valid = None
-                if attention_mask is not None:
-                    if attention_mask.shape != (B, S):
-                        raise ValueError(
-                            f"attention_mask must have shape [batch, cached + new tokens] = [{B}, {S}], "
-                            f"got {list(attention_mask.shape)}"
-                        )
-                    key_valid = attention_mask.to(torch.bool)
+            q_pos = torch.arange(start, S, device=device)[None]  # [1, T]
+            write_at = start
+            key_valid = None
+            if attention_mask is not None:
+                if attention_mask.shape != (B, S):
+                    raise ValueError(
+                        f"attention_mask must have shape [batch, cached + new tokens] = [{B}, {S}], "
+                        f"got {list(attention_mask.shape)}"
+                    )
+                key_valid = attention_mask.to(torch.bool)
             rope_positions = None
             if rope:
-                if key_valid is not None and row_starts is None:
+                if key_valid is not None:
                     # Positions count real tokens only, so a left-padded row matches the unpadded sequence.
                     rope_positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # [B, T]
                 else:
@@ -311,7 +326,7 @@ class BaichuanModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedBatch | None = None,
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states [B, T, hidden]; see :meth:`BaichuanForCausalLM.forward` for the arguments."""
@@ -330,11 +345,8 @@ class BaichuanModel(nn.Module):
                 )
             else:
                 x = layer(x, inputs, inv_freq, layer_cache, write_at)
-        if cache is not None and input_pos is None:
-            if cache.row_lengths is not None:
-                cache.row_lengths += input_ids.shape[1]
-            else:
-                cache.length += input_ids.shape[1]
+        if isinstance(cache, KVCache) and input_pos is None:
+            cache.length += input_ids.shape[1]
         x = x.to(self.norm.weight.device)
         return self.norm(x)
 
@@ -435,24 +447,40 @@ class BaichuanForCausalLM(nn.Module):
     def gradient_checkpointing_enable(self) -> None:
         self.model.gradient_checkpointing = True
 
-    def new_cache(self, batch_size: int, max_length: int | None = None,
-                  dtype: torch.dtype | None = None, per_row: bool = False) -> KVCache:
-        """A preallocated KV cache for ``batch_size`` rows of up to ``max_length`` positions.
+    def _layer_devices(self) -> list[torch.device]:
+        return [layer.input_layernorm.weight.device for layer in self.model.layers]
 
-        ``per_row=True`` gives every row its own length (see :class:`KVCache`), for continuous batching.
-        """
-        max_length = max_length or self.config.max_position
-        devices = [layer.input_layernorm.weight.device for layer in self.model.layers]
+    def new_cache(self, batch_size: int, max_length: int | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """A preallocated contiguous KV cache for ``batch_size`` rows of up to ``max_length`` positions."""
         return KVCache(
             num_layers=self.config.num_hidden_layers,
             batch_size=batch_size,
             num_heads=self.model.layers[0].self_attn.num_heads,  # this rank's heads under tensor parallelism
             head_dim=self.config.head_dim,
-            max_length=max_length,
+            max_length=max_length or self.config.max_position,
             dtype=dtype or self.dtype,
-            devices=devices,
-            per_row=per_row,
+            devices=self._layer_devices(),
         )
+
+    def new_paged_cache(self, num_blocks: int, block_size: int = 16,
+                        dtype: torch.dtype | None = None) -> PagedKVCache:
+        """A pool of ``num_blocks`` KV blocks of ``block_size`` positions (see :mod:`baichuan13b.paged`)."""
+        return PagedKVCache(
+            num_layers=self.config.num_hidden_layers,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            num_heads=self.model.layers[0].self_attn.num_heads,
+            head_dim=self.config.head_dim,
+            dtype=dtype or self.dtype,
+            devices=self._layer_devices(),
+        )
+
+    def kv_bytes_per_position(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes of keys and values of one position, all layers (this rank's heads)."""
+        heads = self.model.layers[0].self_attn.num_heads
+        size = torch.empty((), dtype=dtype or self.dtype).element_size()
+        return 2 * self.config.num_hidden_layers * heads * self.config.head_dim * size
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -460,7 +488,7 @@ class BaichuanForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedBatch | None = None,
         logits_to_keep: int = 0,
         input_pos: torch.Tensor | None = None,
     ) -> CausalLMOutput:
@@ -469,14 +497,19 @@ class BaichuanForCausalLM(nn.Module):
         Args:
             attention_mask: [B, cached + T], 1 for real tokens and 0 for (left) padding. Optional.
             labels: [B, T] targets; the loss is next-token cross-entropy, positions equal to -100 ignored.
-            cache: a :class:`KVCache`; new keys/values are written after ``cache.length`` and it is advanced.
+            cache: a :class:`KVCache` (new keys/values are written after ``cache.length`` and it is advanced), or
+                a :class:`PagedBatch` (rows at their own positions through their block tables; with
+                ``logits_to_keep=1`` each row keeps the logits of its last real token, ``cache.last``).
             logits_to_keep: if > 0, compute logits for the last ``logits_to_keep`` positions only.
             input_pos: [T] cache slots to write, for static-shape (compiled) decoding: attention then spans
                 the whole cache, ``attention_mask`` is [B, cache.max_length], and ``cache.length`` is not
                 advanced (the caller tracks positions).
         """
         hidden = self.model(input_ids, attention_mask=attention_mask, cache=cache, input_pos=input_pos)  # [B, T, hidden]
-        if logits_to_keep:
+        if isinstance(cache, PagedBatch) and logits_to_keep == 1:  # rows end at different queries
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            hidden = hidden[rows, cache.last.to(hidden.device)][:, None]  # [B, 1, hidden]
+        elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         hidden = hidden.to(self.lm_head.weight.device)
         logits = self.lm_head(hidden)  # [B, T, vocab]

@@ -77,8 +77,8 @@ def run_server(args: argparse.Namespace) -> int:
         kv_bytes = int(free * 0.9)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=1024, generation_config=cfg,
                     max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes)
-    print(f"engine: {engine.max_batch} slots x {engine.context_length} positions on {model.device}", file=sys.stderr,
-          flush=True)
+    print(f"engine: up to {engine.max_batch} sequences of {engine.context_length} positions, "
+          f"{engine.blocks.num_blocks} KV blocks of {engine.block_size} on {model.device}", file=sys.stderr, flush=True)
     serve(create_app(engine, model_name="bench"), port=args.port, log_level="warning")
     return 0
 

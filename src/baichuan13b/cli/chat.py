@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p)
     p.add_argument("--system", default=None, help="system prompt (an extension: the official model has none)")
     p.add_argument("--no-stream", action="store_true", help="print whole answers instead of streaming")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="recompute the whole conversation every turn instead of reusing its cached keys and values")
     p.add_argument("--no-history", action="store_true",
                    help="answer each message on its own, without the earlier turns (piped input: one independent "
                         "question per line; by default the lines are one conversation)")
@@ -84,7 +86,8 @@ class ChatSession:
         config = self.model.config
         if config.allow_length_extrapolation:
             return
-        cfg = resolve_config(self.model, None, self.overrides)
+        settings = {k: v for k, v in self.overrides.items() if k != "prefix_cache"}  # a chat() argument
+        cfg = resolve_config(self.model, None, settings)
         budget = max_input_tokens(config.max_position, cfg.max_new_tokens)
         system = len(self.tokenizer.encode(self.system, add_special_tokens=False)) if self.system else 0
         n = len(self.tokenizer.encode(text, add_special_tokens=False)) + 2  # + the user and assistant tokens
@@ -218,8 +221,11 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load(args)
     if is_demo(args.model or default_model()) and sys.stdin.isatty():
         print(DEMO_BANNER, flush=True)
-    session = ChatSession(model, tokenizer, sampling_overrides(args), system=args.system,
-                          stream=not args.no_stream, history=not args.no_history)
+    overrides = sampling_overrides(args)
+    if args.no_prefix_cache:
+        overrides["prefix_cache"] = False  # a chat() argument next to the generation settings
+    session = ChatSession(model, tokenizer, overrides, system=args.system, stream=not args.no_stream,
+                          history=not args.no_history)
     if model.tensor_parallel is not None:
         if not is_main_process():
             follow(session)

@@ -31,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shots", type=int, default=5, help="shots: the first k questions of the dev file")
     g.add_argument("--subjects", default=None, help="comma-separated subject keys (default: all)")
     g.add_argument("--limit", type=int, default=None, help="score only the first N questions of each subject")
-    g.add_argument("--batch_size", "--batch-size", type=int, default=1, help="prompts per forward (left padded)")
+    g.add_argument("--batch_size", "--batch-size", type=int, default=1, help="prompts per forward")
+    g.add_argument("--no_prefix_cache", "--no-prefix-cache", action="store_true",
+                   help="compute every prompt whole instead of reusing the cached shots of its subject (same "
+                        "scores, slower; logits mode)")
     g.add_argument("--output_dir", "--output-dir", default=None, help="where results and reports are written")
     g.add_argument("--save_prompts", "--save-prompts", action="store_true",
                    help="also write every prompt (prompts/{subject}.jsonl)")
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                             limit=args.limit, batch_size=args.batch_size, letter_scheme=args.letter_scheme,
                             mode=args.mode, chat=args.chat, max_new_tokens=args.max_new_tokens,
                             max_length=args.max_length, official_text=not args.literal_text,
-                            save_prompts=args.save_prompts)
+                            save_prompts=args.save_prompts, prefix_cache=not args.no_prefix_cache)
     settings.validate()
     model, tokenizer = load(args)
     model_name = display_name(args)

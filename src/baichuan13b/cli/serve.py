@@ -38,16 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log verbosity")
     e = p.add_argument_group("engine")
-    e.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV cache slots)")
+    e.add_argument("--max-batch", type=int, default=16,
+                   help="sequences running (decoded together) at most; admission is by free KV blocks")
     e.add_argument("--max-queue", type=int, default=256,
-                   help="requests waiting for a slot; beyond that requests get 429 with Retry-After")
+                   help="requests waiting to be admitted; beyond that requests get 429 with Retry-After")
     e.add_argument("--max-seq-len", type=int, default=None,
-                   help="positions per slot, prompt + answer (default: the model's context)")
+                   help="positions per request, prompt + answer (default: the model's context)")
     e.add_argument("--prefill-chunk", type=int, default=512,
                    help="prompt tokens prefilled per scheduler step (longer prompts are split)")
     e.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
-                   help="memory for the KV cache in GiB; lowers --max-batch to what fits (default on CUDA: 90%% "
-                        "of the memory free after loading; on CPU: a quarter of the RAM)")
+                   help="memory for the paged KV cache in GiB, at most --max-batch full contexts (default on "
+                        "CUDA: 90%% of the memory free after loading; on CPU: a quarter of the RAM)")
+    e.add_argument("--block-size", type=int, default=16, help="positions per KV block")
+    e.add_argument("--no-prefix-cache", action="store_true",
+                   help="do not reuse the keys and values of cached prompt prefixes (same answers, slower)")
 
 
 def check_flags(args: argparse.Namespace) -> str | None:
@@ -74,6 +78,7 @@ def check_flags(args: argparse.Namespace) -> str | None:
     at_least("--max-queue", args.max_queue, 0)
     at_least("--max-seq-len", args.max_seq_len, 2, allow_none=True)
     at_least("--prefill-chunk", args.prefill_chunk, 1)
+    at_least("--block-size", args.block_size, 1)
     for flag, value in (("--read-timeout", args.read_timeout), ("--keep-alive-timeout", args.keep_alive_timeout),
                         ("--kv-cache-memory", args.kv_cache_memory)):
         if value is not None and not (0 < value < float("inf")):
@@ -113,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     else:  # host memory: at most a quarter of it, so that a large model's slots cannot exhaust the machine
         kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
-                    max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes)
+                    max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes,
+                    block_size=args.block_size, prefix_cache=not args.no_prefix_cache)
     # Clients must be able to send the name back as JSON: no undecodable bytes (lone surrogates) from the shell.
     name = check_text(display_name(args), "the served model name")  # --served-model-name, else the model's
     if api_key is None and not _is_loopback(args.host):
@@ -121,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
             f"address can use the model (give --api-key)")
     app = create_app(engine, model_name=name, api_key=api_key, cors_origins=origins,
                      max_request_bytes=args.max_request_bytes, read_timeout=args.read_timeout)
-    err(f"baichuan serve: model '{name}' on http://{args.host}:{args.port}/v1 ({engine.max_batch} slots of "
-        f"{engine.context_length} positions, KV cache {engine.cache.nbytes() / 2**30:.2f} GiB)")
+    err(f"baichuan serve: model '{name}' on http://{args.host}:{args.port}/v1 (up to {engine.max_batch} "
+        f"sequences of {engine.context_length} positions; KV cache {engine.cache.nbytes() / 2**30:.2f} GiB = "
+        f"{engine.blocks.num_blocks} blocks of {engine.block_size} positions; prefix cache "
+        f"{'on' if engine.prefix_cache else 'off'})")
     serve(app, host=args.host, port=args.port, log_level=args.log_level, read_timeout=args.read_timeout,
           keep_alive_timeout=args.keep_alive_timeout)
     return 0

@@ -51,6 +51,7 @@ class EvalSettings:
     max_length: int | None = None
     official_text: bool = True
     save_prompts: bool = False
+    prefix_cache: bool = True  # logits mode: prompts reuse the cached k-shot prefix (the same scores)
 
     def validate(self) -> None:
         if self.shots < 0:
@@ -134,18 +135,46 @@ def forward_batches(model: Any, tokenizer: Any, rows: Sequence[Sequence[int]], b
         yield chunk, model(ids, attention_mask=mask, logits_to_keep=logits_to_keep(chunk)).logits
 
 
+SCORING_BLOCK_SIZE = 16
+
+
 @torch.inference_mode()
 def score_prompts(model: Any, tokenizer: Any, prompts: Sequence[Prompt], letter_ids: Sequence[int],
-                  batch_size: int = 1, progress: Any = None) -> list[list[float]]:
+                  batch_size: int = 1, progress: Any = None, prefix_cache: bool = True) -> list[list[float]]:
     """Next-token logits of the four letters after each prompt, [len(prompts)][4] floats.
 
-    Prompts are sorted by length and run ``batch_size`` at a time, left padded with the tokenizer's pad id and an
-    attention mask, keeping the logits of the last position only (:func:`forward_batches`).
+    Prompts are sorted by length and run ``batch_size`` at a time through a paged KV cache
+    (:mod:`baichuan13b.paged`), keeping the logits of each prompt's last token. With ``prefix_cache`` a prompt
+    starts from the cached blocks of the prompts before it, so the header and shots that the questions of a
+    subject share are computed once; without it every prompt is computed whole. The scores are the same either
+    way (up to rounding).
     """
+    from ..paged import BlockManager, ModelRunner, Sequence as PagedSequence
+
+    if not prompts:
+        return []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
     letters = torch.tensor(list(letter_ids), dtype=torch.long)
     out: list[list[float]] = [[] for _ in prompts]
-    for chunk, logits in forward_batches(model, tokenizer, [p.ids for p in prompts], batch_size, lambda _: 1):
-        scores = logits[:, -1][:, letters.to(logits.device)].float().cpu()  # [B, 4]
+    bs = SCORING_BLOCK_SIZE
+    per_prompt = -(-max(len(p.ids) for p in prompts) // bs)
+    num_blocks = per_prompt * (min(batch_size, len(prompts)) + 1)  # a batch, and room for the cached prefix
+    runner = ModelRunner(model, num_blocks, bs)
+    blocks = BlockManager(num_blocks, bs, prefix_cache=prefix_cache)
+    # With reuse the first prompt runs alone, so that the prompts of the first batch already find the shots cached.
+    starts = [0] + list(range(1, len(order), batch_size)) if prefix_cache and batch_size > 1 else \
+        list(range(0, len(order), batch_size))
+    for b, e in zip(starts, starts[1:] + [len(order)]):
+        chunk = order[b:e]
+        seqs = [PagedSequence(token_ids=list(prompts[i].ids)) for i in chunk]
+        for seq in seqs:
+            blocks.allocate(seq)  # the longest cached prefix, new blocks for the rest
+        logits = runner.run([(seq, seq.num_pending) for seq in seqs])  # [B, vocab]
+        for seq in seqs:
+            seq.num_computed = len(seq.token_ids)
+            blocks.commit(seq)
+            blocks.free(seq)  # its full blocks stay cached for the next prompts
+        scores = logits[:, letters.to(logits.device)].float().cpu()  # [B, 4]
         for row, i in enumerate(chunk):
             out[i] = scores[row].tolist()
         if progress is not None:
@@ -239,7 +268,8 @@ def evaluate_subject(model: Any, tokenizer: Any, bench: Benchmark, subject: str,
     rows: list[dict[str, Any]] = []
     if settings.mode == "logits":
         assert letter_ids is not None
-        scores = score_prompts(model, tokenizer, prompts, letter_ids, settings.batch_size, progress)
+        scores = score_prompts(model, tokenizer, prompts, letter_ids, settings.batch_size, progress,
+                               prefix_cache=settings.prefix_cache)
         for q, p, s in zip(questions, prompts, scores):
             pred = LETTERS[max(range(4), key=lambda k: (s[k], -k))]  # argmax, first on ties
             rows.append({"id": q.id, "answer": q.answer, "prediction": pred, "scores": s, "shots": p.shots,

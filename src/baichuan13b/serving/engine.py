@@ -1,35 +1,39 @@
-"""The serving engine: continuous batching over a per-row KV cache, run by one scheduler thread.
+"""The serving engine: continuous batching over the paged KV cache, run by one scheduler thread.
 
-Each request (a *sequence*) owns one row ("slot") of a :class:`~baichuan13b.cache.KVCache` made with
-``per_row=True``. The occupied slots are always ``0 .. n-1``: when a sequence leaves, the last one moves into its
-slot (its keys and values are copied), so a decode step runs on the view ``cache.rows(0, n)`` and never spends
-work on free rows. One scheduler iteration:
+Each request is a *sequence* (:class:`baichuan13b.paged.Sequence`) whose keys and values live in blocks of one
+:class:`~baichuan13b.cache.PagedKVCache`, reached through its block table (see :mod:`baichuan13b.paged`). One
+scheduler iteration:
 
-1. drop aborted sequences (client gone) and free their slots;
-2. admit waiting requests into free slots (first come, first served);
-3. prefill: up to ``prefill_chunk`` prompt tokens in total, one sequence at a time through its one-row view
-   (``cache.row(slot)``), so a long prompt is spread over several iterations and never stalls the others; a
-   sequence whose prompt is complete samples its first token;
-4. decode: one batched forward ``[n, 1]`` over the occupied slots, every row at its own position. Rows still
-   in prefill take part with a placeholder token whose cache slot is given back (their next chunk overwrites it);
-5. sample each decoding row with its own settings, detokenise, check eos / stop strings / length, and report.
+1. drop aborted sequences (client gone) and return their blocks;
+2. plan (:class:`~baichuan13b.paged.Scheduler`): running sequences get blocks for their next tokens (when none is
+   free the newest sequence is preempted: requeued, recomputed later from its cached prefix); waiting requests
+   are admitted while fewer than ``max_batch`` run and their blocks are free; a new sequence starts from the
+   longest cached prefix of its prompt (prefix reuse) and prefills only the rest;
+3. prefill: up to ``prefill_chunk`` prompt tokens in total, in one forward (several sequences, right padded), so a
+   long prompt is spread over several iterations and never stalls the others; a sequence whose prompt is
+   complete samples its first token;
+4. decode: one batched forward ``[n, 1]`` over the decoding sequences, every row at its own position;
+5. sample each row with its own settings, detokenise, check eos / stop strings / length, and report.
    A failure while sampling or detokenising one row ends that request alone (an error event; the others go on).
 
 Sampling reuses the pure functions of :mod:`baichuan13b.generation`: rows with the same settings go through
 ``process_logits`` together (every operation there is row-wise), and each sampling row draws from its own
 ``torch.Generator`` (seeded by the request), so a request's tokens never depend on its batch neighbours. The text
-of each sequence comes from :class:`~baichuan13b.generation.TextStream`, as in ``stream_text``/``model.chat``.
-Greedy output therefore equals ``model.chat`` with the same settings, up to floating-point differences between
-batch shapes (matrix products of different sizes may round differently, which can flip an exact near-tie).
+of each sequence comes from :class:`~baichuan13b.generation.TextStream`, as in ``stream_text``. Greedy output
+therefore equals ``model.generate`` with the same settings, up to floating-point differences between batch shapes
+(matrix products of different sizes may round differently, which can flip an exact near-tie); reuse of a cached
+prefix changes nothing but the work done (the cached keys and values are those the prefill would compute).
 
 Log-probabilities (``submit(logprobs=k, echo=...)``, for ``/v1/completions``): with ``echo`` the prefill keeps
 the logits of every prompt position and scores each prompt token under the one before it; with ``logprobs`` every
 generated token is scored under the logits it was sampled from (:func:`~baichuan13b.serving.logprobs.score_positions`).
 They arrive with the final event. ``echo`` with ``max_new_tokens=0`` scores the prompt and generates nothing.
 
-The KV memory is reserved up front, one full-context row per slot: ``max_batch`` rows, fewer when
-``kv_cache_bytes`` does not hold that many. A request is admitted only when a row is free, so admitted work never
-runs out of cache; others wait in a bounded queue (``max_queue``, then :class:`QueueFullError`).
+Memory: the pool has ``kv_cache_bytes`` worth of blocks, at most ``max_batch`` full contexts (what the old
+slot-per-request cache reserved) and at least one full context, so any admitted request can always finish.
+Requests wait in a bounded queue (``max_queue``, then :class:`QueueFullError`). Without the scheduler thread
+(:meth:`Engine.start` not called), :meth:`Engine.stream` runs the steps on the calling thread: ``model.chat``
+uses the engine that way.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -50,6 +53,7 @@ from ..generation import GenerationConfig, TextStream, process_logits, select_ne
 from ..generation.decode import tokens_that_fit
 from ..generation.sampling import seen_tokens
 from ..model import ContextLengthError
+from ..paged import BlockManager, ModelRunner, Scheduler, Sequence
 from .logprobs import TokenLogprob, score_positions
 from .metrics import ServerMetrics
 
@@ -58,13 +62,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("baichuan13b.serving")
 
+DEFAULT_BLOCK_SIZE = 16
+
 
 class EngineError(RuntimeError):
     """Base of the errors :meth:`Engine.submit` raises when it cannot take a request."""
 
 
 class QueueFullError(EngineError):
-    """Every slot is busy and the waiting queue is full: try again later."""
+    """The batch is full and the waiting queue is full: try again later."""
 
 
 class EngineStoppedError(EngineError):
@@ -92,11 +98,11 @@ class Event:
         return self.finish_reason is not None or self.error is not None
 
 
-@dataclass(eq=False)
-class _Sequence:
+@dataclass(eq=False, kw_only=True)
+class _Request(Sequence):
+    """A request: its :class:`~baichuan13b.paged.Sequence` plus sampling and reporting state."""
+
     id: str
-    order: int
-    prompt: list[int]
     config: GenerationConfig
     max_new: int
     sink: Callable[[Event], None]
@@ -107,9 +113,6 @@ class _Sequence:
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float | None = None
     first_token_at: float | None = None
-    slot: int = -1
-    prefilled: int = 0
-    last_token: int | None = None  # fed to the next decode step; None while the prompt is being prefilled
     generated: int = 0
     aborted: bool = False
     done: bool = False
@@ -118,31 +121,49 @@ class _Sequence:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
 
+    @property
+    def prompt(self) -> list[int]:
+        return self.token_ids[: self.num_prompt]
+
+
+def global_generator(device: torch.device) -> torch.Generator:
+    """The process-wide default generator of ``device`` (what sampling without a generator draws from)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
 
 class Engine:
-    """Continuous-batching generation for one model; thread-safe ``submit`` / ``abort``.
+    """Continuous-batching generation for one model over a paged KV cache; thread-safe ``submit`` / ``abort``.
 
     Args:
         model: the loaded model (its forward is the only compute path).
         tokenizer: its tokenizer (detokenisation and stop strings).
-        max_batch: sequences decoded together at most (slots of the KV cache).
-        max_queue: requests waiting for a slot at most; beyond that ``submit`` raises :class:`QueueFullError`.
-        max_seq_len: positions per slot (prompt + new tokens); default and maximum: the model's context.
+        max_batch: sequences running (decoded together) at most, like vLLM's ``max_num_seqs``.
+        max_queue: requests waiting at most; beyond that ``submit`` raises :class:`QueueFullError`.
+        max_seq_len: positions per sequence (prompt + new tokens); default and maximum: the model's context.
         prefill_chunk: prompt tokens prefilled per scheduler iteration (the chunk size of chunked prefill).
-        kv_cache_bytes: memory for the KV cache; the slot count is lowered to what fits (error if not one).
+        kv_cache_bytes: memory for the KV pool (default: ``max_batch`` full contexts); an error if it does not
+            hold one full context.
         generation_config: default settings (default: ``model.generation_config``, else from config.json).
         metrics: where to record counters and latencies (a new :class:`ServerMetrics` by default).
+        block_size: positions per KV block.
+        prefix_cache: reuse the keys and values of cached prompt prefixes (False: every request computes its
+            whole prompt; the same results, for comparison and debugging).
     """
 
     def __init__(self, model: "BaichuanForCausalLM", tokenizer: Any, *, max_batch: int = 16, max_queue: int = 256,
                  max_seq_len: int | None = None, prefill_chunk: int = 512, kv_cache_bytes: int | None = None,
-                 generation_config: GenerationConfig | None = None, metrics: ServerMetrics | None = None):
+                 generation_config: GenerationConfig | None = None, metrics: ServerMetrics | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE, prefix_cache: bool = True):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.generation_config = (generation_config or model.generation_config
@@ -155,40 +176,58 @@ class Engine:
                 raise ValueError(f"max_seq_len {max_seq_len} exceeds the model's context of {context} tokens")
             context = max_seq_len
         self.context_length = context
-        cfg = model.config
-        dtype_bytes = torch.empty((), dtype=model.dtype).element_size()
-        self.slot_bytes = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * context * dtype_bytes
-        slots = max_batch
+        self.block_size = block_size
+        self.block_bytes = model.kv_bytes_per_position() * block_size
+        blocks_per_sequence = -(-context // block_size)
+        num_blocks = max_batch * blocks_per_sequence
         if kv_cache_bytes is not None:
-            slots = min(max_batch, int(kv_cache_bytes) // self.slot_bytes)
-            if slots < 1:
+            num_blocks = min(num_blocks, int(kv_cache_bytes) // self.block_bytes)
+            if num_blocks < blocks_per_sequence:
+                need = blocks_per_sequence * self.block_bytes
                 raise ValueError(
                     f"a KV cache of {kv_cache_bytes / 2**30:.2f} GiB holds no sequence of {context} positions "
-                    f"({self.slot_bytes / 2**30:.2f} GiB each); give more memory or a smaller max_seq_len")
-        self.max_batch = slots
+                    f"({need / 2**30:.2f} GiB each); give more memory or a smaller max_seq_len")
+        self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
-        self.cache = model.new_cache(slots, context, per_row=True)
+        self.prefix_cache = prefix_cache
+        self.blocks = BlockManager(num_blocks, block_size, prefix_cache=prefix_cache)
+        self.scheduler = Scheduler(self.blocks, max_batch=max_batch, prefill_chunk=prefill_chunk)
+        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.cache = self.runner.cache
         self.device = model.device
         self.logits_device = model.lm_head.weight.device
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = model.config.vocab_size
         self.metrics = metrics or ServerMetrics()
-        self.metrics.add_gauge("baichuan_queue_depth", "Requests waiting for a batch slot", lambda: len(self._waiting))
-        self.metrics.add_gauge("baichuan_running_sequences", "Sequences holding a batch slot",
-                               lambda: len(self._running))
+        self.metrics.add_gauge("baichuan_queue_depth", "Requests waiting to be admitted",
+                               lambda: len(self.scheduler.waiting))
+        self.metrics.add_gauge("baichuan_running_sequences", "Sequences holding KV blocks",
+                               lambda: len(self.scheduler.running))
         self.metrics.add_gauge("baichuan_batch_size", "Sequences in the last decode step", lambda: self.last_batch)
-        self.metrics.add_gauge("baichuan_kv_cache_slots", "Slots of the KV cache (max batch)", lambda: self.max_batch)
-        self.metrics.add_gauge("baichuan_kv_cache_usage_ratio", "Fraction of the KV cache slots in use",
-                               lambda: len(self._running) / self.max_batch)
+        self.metrics.add_gauge("baichuan_max_batch", "Sequences running at once at most", lambda: self.max_batch)
+        self.metrics.add_gauge("baichuan_kv_cache_blocks", f"Blocks of the KV pool ({block_size} positions each)",
+                               lambda: self.blocks.num_blocks)
+        self.metrics.add_gauge("baichuan_kv_cache_usage_ratio", "Fraction of the KV blocks held by sequences",
+                               lambda: self.blocks.num_used / self.blocks.num_blocks)
+        self.metrics.add_gauge("baichuan_kv_cache_cached_blocks",
+                               "Blocks held by no sequence that keep a cached prefix (evicted when needed)",
+                               lambda: self.blocks.num_cached)
         self.last_batch = 0
         self._lock = threading.Condition()
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []  # _running[i].slot == i
-        self._by_id: dict[str, _Sequence] = {}
+        self._step_lock = threading.Lock()  # one step at a time (scheduler thread or callers of stream())
+        self._by_id: dict[str, _Request] = {}
         self._order = itertools.count()
         self._accepting = True
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    @property
+    def _waiting(self):
+        return self.scheduler.waiting
+
+    @property
+    def _running(self) -> list[_Request]:
+        return self.scheduler.running  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
@@ -223,10 +262,15 @@ class Engine:
             return not self._waiting and not self._running
 
     def stats(self) -> dict[str, int]:
-        """Requests waiting and running, slots, requests tracked, and cache rows holding keys (``filled_rows``)."""
+        """Requests waiting and running, the batch cap (``slots``), requests tracked, sequences holding KV blocks
+        (``filled_rows``), the pool's blocks (``blocks``, ``free_blocks``: including ``cached_blocks``, held by
+        no sequence but keeping a prefix), ``preemptions`` and ``prefix_cache_hit_tokens`` so far."""
         with self._lock:
             return {"waiting": len(self._waiting), "running": len(self._running), "slots": self.max_batch,
-                    "tracked": len(self._by_id), "filled_rows": int((self.cache.row_lengths > 0).sum())}
+                    "tracked": len(self._by_id), "filled_rows": sum(1 for s in self._running if s.block_table),
+                    "blocks": self.blocks.num_blocks, "free_blocks": self.blocks.num_free,
+                    "cached_blocks": self.blocks.num_cached, "preemptions": self.scheduler.preemptions,
+                    "prefix_cache_hit_tokens": self.blocks.hit_tokens}
 
     # ------------------------------------------------------------------ requests
     def new_token_budget(self, prompt_tokens: int, max_new_tokens: int | None, fit: bool = False) -> int:
@@ -269,12 +313,13 @@ class Engine:
             raise EngineStoppedError("the server is shutting down and takes no new requests")
         free = self.max_batch - len(self._running)
         if len(self._waiting) + pending >= self.max_queue + max(0, free):
-            raise QueueFullError(f"all {self.max_batch} batch slots are busy and {len(self._waiting) + pending} "
-                                 f"requests are waiting; retry later")
+            raise QueueFullError(f"{len(self._running)} requests are running (at most {self.max_batch}) and "
+                                 f"{len(self._waiting) + pending} are waiting; retry later")
 
     def submit(self, prompt_ids: list[int], sink: Callable[[Event], None], config: GenerationConfig | None = None,
                max_new_tokens: int | None = None, request_id: str | None = None, fit: bool = False, *,
-               logprobs: int | None = None, echo: bool = False) -> str:
+               logprobs: int | None = None, echo: bool = False,
+               prefix_cache: bool = True, generator: torch.Generator | None = None, tokenizer: Any = None) -> str:
         """Queue a request; ``sink(event)`` is called from the scheduler thread with its :class:`Event` s.
 
         Args:
@@ -287,6 +332,11 @@ class Engine:
             fit: cap ``max_new_tokens`` to what fits instead of refusing it (see :meth:`new_token_budget`).
             logprobs: report each generated token's log-probability and its ``logprobs`` likeliest alternatives.
             echo: report the prompt tokens' log-probabilities too (with ``logprobs`` alternatives, 0 if None).
+            prefix_cache: False keeps this request out of the prefix cache (always off when the engine's is, and
+                with ``echo``: every prompt position is computed to be scored).
+            generator: where sampling draws from (default: a new generator seeded by ``config.seed``, else
+                randomly).
+            tokenizer: detokenises this request (default: the engine's; the same vocabulary).
 
         Returns the request id (for :meth:`abort`). Raises ``ValueError`` for a bad prompt,
         :class:`~baichuan13b.model.ContextLengthError` when it does not fit, :class:`QueueFullError`,
@@ -306,8 +356,7 @@ class Engine:
             max_new = 0
         else:
             max_new = self.new_token_budget(len(prompt), max_new_tokens, fit)
-        generator = None
-        if not cfg.greedy:
+        if not cfg.greedy and generator is None:
             generator = torch.Generator(device=self.logits_device)
             if cfg.seed is not None:
                 generator.manual_seed(cfg.seed)
@@ -317,9 +366,10 @@ class Engine:
         if cfg.repetition_penalty != 1.0:
             ids = torch.tensor([prompt], dtype=torch.long, device=self.logits_device)
             seen = seen_tokens(ids, None, self.vocab_size)  # [1, vocab]
-        seq = _Sequence(
-            id=request_id or uuid.uuid4().hex, order=next(self._order), prompt=prompt, config=cfg, max_new=max_new,
-            sink=sink, text=TextStream(self.tokenizer, cfg.eos_token_ids, cfg.stop_strings),
+        seq = _Request(
+            token_ids=prompt, prefix_cache=prefix_cache and not echo, id=request_id or uuid.uuid4().hex,
+            order=next(self._order), config=cfg, max_new=max_new,
+            sink=sink, text=TextStream(self.tokenizer if tokenizer is None else tokenizer, cfg.eos_token_ids, cfg.stop_strings),
             sampling_key=(cfg.greedy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
             generator=generator, seen=seen, logprobs=logprobs, echo=echo)
         with self._lock:
@@ -329,34 +379,42 @@ class Engine:
             if max_new == 0 and not echo:  # nothing to generate (configured max_new_tokens of 0)
                 self._emit(seq, Event(finish_reason="length", prompt_tokens=len(prompt)))
                 return seq.id
-            self._waiting.append(seq)
+            self.scheduler.add(seq)
             self._by_id[seq.id] = seq
             self._lock.notify_all()
         return seq.id
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request (e.g. its client disconnected); its slot is freed at the start of the next iteration.
-        Returns False when it is unknown or already finished. No event is sent for an aborted request."""
+        """Stop a request (e.g. its client disconnected); its blocks are returned at the start of the next
+        iteration. Returns False when it is unknown or already finished. No event is sent for an aborted
+        request."""
         with self._lock:
             seq = self._by_id.get(request_id)
             if seq is None:
                 return False
             seq.aborted = True
-            if seq.slot < 0:  # still waiting: forget it now
-                self._waiting.remove(seq)
+            if seq not in self._running:  # still waiting (or preempted): forget it now
+                self.scheduler.remove(seq)
                 del self._by_id[seq.id]
                 self.metrics.finished.inc(1, "abort")
             self._lock.notify_all()
             return True
 
     def stream(self, prompt_ids: list[int], config: GenerationConfig | None = None,
-               max_new_tokens: int | None = None) -> Iterator[Event]:
+               max_new_tokens: int | None = None, **options: Any) -> Iterator[Event]:
         """Submit and iterate over the events from the calling thread; closing the iterator aborts the request.
-        A failed request raises its error."""
+        A failed request raises its error. ``options``: ``prefix_cache``, ``generator``, ``tokenizer`` (see
+        :meth:`submit`).
+
+        Without the scheduler thread the engine steps on the calling thread (several threads may do so: they
+        take turns, and each step advances every request).
+        """
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        request_id = self.submit(prompt_ids, events.put, config, max_new_tokens)
+        request_id = self.submit(prompt_ids, events.put, config, max_new_tokens, **options)
         try:
             while True:
+                while self._thread is None and events.empty():
+                    self.step()
                 event = events.get()
                 if event.error is not None:
                     raise event.error
@@ -365,104 +423,110 @@ class Engine:
                     return
         finally:
             self.abort(request_id)
+            if self._thread is None:
+                with self._lock:
+                    self._drop_aborted()
 
     # ------------------------------------------------------------------ scheduler
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._running and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    self._fail_all(EngineStoppedError("the server stopped before this request finished"))
+                    return
+            self.step()
+
+    def step(self) -> None:
+        """One scheduler iteration (the scheduler thread's loop body); a failure fails the running requests."""
+        with self._step_lock, torch.inference_mode():
+            start = time.perf_counter()
+            try:
+                self._step()
+            except Exception as e:  # a bug or a device error: fail what is in flight, keep serving
+                logger.exception("engine step failed; failing the %d running request(s)", len(self._running))
                 with self._lock:
-                    while not self._waiting and not self._running and not self._stopping:
-                        self._lock.wait()
-                    if self._stopping:
-                        self._fail_all(EngineStoppedError("the server stopped before this request finished"))
-                        return
-                start = time.perf_counter()
-                try:
-                    self._step()
-                except Exception as e:  # a bug or a device error: fail what is in flight, keep serving
-                    logger.exception("engine step failed; failing the %d running request(s)", len(self._running))
-                    with self._lock:
-                        for seq in list(self._running):
-                            self._finish(seq, error=e)
-                self.metrics.step_seconds.observe(time.perf_counter() - start)
+                    for seq in list(self._running):
+                        self._finish(seq, error=e)
+            self.metrics.step_seconds.observe(time.perf_counter() - start)
+
+    def _drop_aborted(self) -> None:
+        for seq in [s for s in self._running if s.aborted]:
+            self.metrics.finished.inc(1, "abort")
+            self._release(seq)
 
     def _step(self) -> None:
         with self._lock:
-            for seq in [s for s in self._running if s.aborted]:
-                self.metrics.finished.inc(1, "abort")
-                self._release(seq)
+            self._drop_aborted()
+            plan = self.scheduler.schedule()
             now = time.perf_counter()
-            while self._waiting and len(self._running) < self.max_batch:
-                seq = self._waiting.popleft()
-                seq.slot = len(self._running)
-                seq.admitted = now
-                self._running.append(seq)
-                self.metrics.queue_seconds.observe(now - seq.submitted)
-            running = list(self._running)
-        self._prefill([s for s in running if s.last_token is None])
-        self._decode()
-
-    def _prefill(self, pending: list[_Sequence]) -> None:
-        budget = self.prefill_chunk
-        ready: list[tuple[_Sequence, torch.Tensor]] = []
-        for seq in sorted(pending, key=lambda s: s.order):
-            if budget <= 0:
-                break
-            n = min(budget, len(seq.prompt) - seq.prefilled)
-            chunk = torch.tensor([seq.prompt[seq.prefilled: seq.prefilled + n]], dtype=torch.long, device=self.device)
+            for seq in plan.admitted:
+                self.metrics.prefix_cache_hit_tokens.inc(seq.num_cached)
+                if seq.admitted is None:  # (a preempted sequence was admitted before)
+                    seq.admitted = now
+                    self.metrics.queue_seconds.observe(now - seq.submitted)
+            if plan.preempted:
+                self.metrics.preemptions.inc(len(plan.preempted))
+                logger.info("preempted %d sequence(s): KV blocks ran out", len(plan.preempted))
+        seqs: list[_Request] = []
+        rows: list[torch.Tensor] = []
+        if plan.prefill:
             try:
-                out = self.model(chunk, cache=self.cache.row(seq.slot), logits_to_keep=0 if seq.echo else 1).logits
-                if seq.echo:  # row i predicts prompt token prefilled + i + 1
-                    targets = seq.prompt[seq.prefilled + 1: seq.prefilled + n + 1]
-                    seq.prompt_logprobs += score_positions(out[0], targets, seq.logprobs or 0)
-                logits = out[:, -1]  # [1, V]
+                logits = self._prefill_logits(plan.prefill)  # [P, V]
             except Exception as e:
-                logger.exception("prefill failed for request %s", seq.id)
+                logger.exception("prefill failed for %d request(s)", len(plan.prefill))
                 with self._lock:
-                    self._finish(seq, error=e)
-                continue
-            seq.prefilled += n
-            budget -= n
-            self.metrics.prompt_tokens.inc(n)
-            if seq.prefilled == len(seq.prompt):
-                if seq.max_new == 0:  # echo with max_tokens 0: the prompt is scored, nothing to generate
-                    with self._lock:
-                        self._finish(seq, reason="length")
-                else:
-                    ready.append((seq, logits))
-        if ready:
-            seqs = [s for s, _ in ready]
-            logits = torch.cat([lg for _, lg in ready])
+                    for seq, _ in plan.prefill:
+                        self._finish(seq, error=e)
+            else:
+                self.scheduler.advance(plan.prefill)
+                self.metrics.prompt_tokens.inc(sum(n for _, n in plan.prefill))
+                for i, (seq, _) in enumerate(plan.prefill):
+                    if seq.num_pending == 0:  # prompt complete: sample the first token
+                        if seq.max_new == 0:  # echo with max_tokens 0: the prompt is scored, nothing to generate
+                            with self._lock:
+                                self._finish(seq, reason="length")
+                            continue
+                        seqs.append(seq)
+                        rows.append(logits[i])
+        decoding = [s for s in plan.decode if not s.done]
+        if decoding:
+            logits = self.runner.run([(s, 1) for s in decoding])  # [n, V]
+            self.scheduler.advance([(s, 1) for s in decoding])
+            self.last_batch = len(decoding)
+            self.metrics.batch_size.observe(len(decoding))
+            seqs.extend(decoding)
+            rows.extend(logits)
+        if seqs:
+            logits = torch.stack(rows)  # [len(seqs), V]
             tokens = self._sample(seqs, logits)
             self._score_tokens(seqs, logits, tokens)
             self._accept_tokens(seqs, tokens)
 
-    def _decode(self) -> None:
-        with self._lock:
-            running = list(self._running)
-        decoding = [s for s in running if s.last_token is not None and not s.done]
-        if not decoding:
-            return
-        n = len(running)
-        tokens = [s.last_token if s.last_token is not None else 0 for s in running]
-        placeholders = [s.slot for s in running if s.last_token is None]
-        view = self.cache.rows(0, n)
-        input_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # [n, 1]
-        logits = self.model(input_ids, cache=view, logits_to_keep=1).logits[:, -1]  # [n, V]
-        if placeholders:  # rows still in prefill: give back the slot the placeholder used
-            view.row_lengths[torch.tensor(placeholders, device=view.row_lengths.device)] -= 1
-        self.last_batch = len(decoding)
-        self.metrics.batch_size.observe(len(decoding))
-        if len(decoding) < n:  # keep the rows of decoding sequences (slot order, like ``decoding``)
-            logits = logits.index_select(0, torch.tensor([s.slot for s in decoding], device=logits.device))
-        tokens = self._sample(decoding, logits)
-        self._score_tokens(decoding, logits, tokens)
-        self._accept_tokens(decoding, tokens)
+    def _prefill_logits(self, rows: list[tuple[_Request, int]]) -> torch.Tensor:
+        """Last-token logits [len(rows), V] of one prefill step. Rows with ``echo`` run alone with the logits of
+        every position, which score their prompt tokens (each under the position before it, once even if the
+        sequence is recomputed after a preemption)."""
+        plain = [(i, r) for i, r in enumerate(rows) if not r[0].echo]
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        if plain:
+            logits = self.runner.run([r for _, r in plain])
+            for j, (i, _) in enumerate(plain):
+                out[i] = logits[j]
+        for i, (seq, n) in enumerate(rows):
+            if seq.echo:
+                every = self.runner.run([(seq, n)], every_position=True)[0]  # [n, V]
+                first = max(seq.num_computed, len(seq.prompt_logprobs))  # position p predicts token p + 1
+                targets = seq.prompt[first + 1: seq.num_computed + n + 1]
+                seq.prompt_logprobs += score_positions(every[first - seq.num_computed:], targets, seq.logprobs or 0)
+                out[i] = every[n - 1]
+        return torch.stack(out)
 
-    def _score_tokens(self, seqs: list[_Sequence], logits: torch.Tensor, tokens: list[int | None]) -> None:
+    def _score_tokens(self, seqs: list[_Request], logits: torch.Tensor, tokens: list[int | None]) -> None:
         """Record the log-probability of each sampled token (and its alternatives) for the sequences that asked;
         a failure ends that request alone."""
-        failed: list[tuple[_Sequence, Exception]] = []
+        failed: list[tuple[_Request, Exception]] = []
         for i, seq in enumerate(seqs):
             if seq.logprobs is not None and not seq.done and tokens[i] is not None:
                 try:
@@ -472,7 +536,7 @@ class Engine:
                     tokens[i] = None  # not accepted either
         self._fail(failed, "scoring")
 
-    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int | None]:
+    def _sample(self, seqs: list[_Request], logits: torch.Tensor) -> list[int | None]:
         """Next token of each sequence from its logits row ``logits`` [len(seqs), V], with its own settings.
 
         A group of rows whose sampling fails is sampled again row by row, so that only the rows that fail
@@ -482,7 +546,7 @@ class Engine:
         for i, seq in enumerate(seqs):
             groups.setdefault(seq.sampling_key, []).append(i)
         picked: list[tuple[list[int], torch.Tensor]] = []
-        failed: list[tuple[_Sequence, Exception]] = []
+        failed: list[tuple[_Request, Exception]] = []
         for idx, members in groups.items():
             rows = logits if len(members) == len(seqs) else logits[members]  # [g, V]
             try:
@@ -502,7 +566,7 @@ class Engine:
         return out
 
     @staticmethod
-    def _sample_group(seqs: list[_Sequence], rows: torch.Tensor) -> torch.Tensor:
+    def _sample_group(seqs: list[_Request], rows: torch.Tensor) -> torch.Tensor:
         """Tokens [g] for sequences sharing one sampling setting, from their logits ``rows`` [g, V]."""
         cfg = seqs[0].config
         seen = torch.cat([s.seen for s in seqs]) if cfg.repetition_penalty != 1.0 else None  # [g, V]
@@ -513,7 +577,7 @@ class Engine:
             tokens = torch.cat([select_next(processed[j: j + 1], cfg, s.generator) for j, s in enumerate(seqs)])
         return tokens
 
-    def _fail(self, failed: list[tuple[_Sequence, Exception]], stage: str) -> None:
+    def _fail(self, failed: list[tuple[_Request, Exception]], stage: str) -> None:
         """End each request of ``failed`` alone with its error (logged here, with the request id)."""
         if not failed:
             return
@@ -523,11 +587,11 @@ class Engine:
                 if not seq.done:
                     self._finish(seq, error=error)
 
-    def _accept_tokens(self, seqs: list[_Sequence], tokens: list[int | None]) -> None:
+    def _accept_tokens(self, seqs: list[_Request], tokens: list[int | None]) -> None:
         now = time.perf_counter()
-        finished: list[tuple[_Sequence, str, str]] = []
+        finished: list[tuple[_Request, str, str]] = []
         accepted = 0
-        failed: list[tuple[_Sequence, Exception]] = []
+        failed: list[tuple[_Request, Exception]] = []
         for seq, token in zip(seqs, tokens):
             if seq.aborted or seq.done or token is None:
                 continue
@@ -550,7 +614,7 @@ class Engine:
                 failed.append((seq, e))
                 continue
             if reason is None:
-                seq.last_token = token
+                seq.append(token)  # its keys and values are computed by the next decode step
                 self._emit(seq, Event(text=text, prompt_tokens=len(seq.prompt), completion_tokens=seq.generated))
             else:
                 seq.done = True
@@ -563,14 +627,14 @@ class Engine:
                     self._finish(seq, reason=reason, text=text)
 
     # ------------------------------------------------------------------ bookkeeping (callers hold the lock)
-    def _emit(self, seq: _Sequence, event: Event) -> None:
+    def _emit(self, seq: _Request, event: Event) -> None:
         try:
             seq.sink(event)
         except Exception:  # the consumer is gone (e.g. its event loop closed): stop generating for it
             logger.exception("could not deliver an event of request %s; aborting it", seq.id)
             seq.aborted = True
 
-    def _finish(self, seq: _Sequence, reason: str | None = None, text: str = "",
+    def _finish(self, seq: _Request, reason: str | None = None, text: str = "",
                 error: BaseException | None = None) -> None:
         seq.done = True
         now = time.perf_counter()
@@ -586,30 +650,13 @@ class Engine:
                                   completion_tokens=seq.generated,
                                   prompt_logprobs=seq.prompt_logprobs if seq.echo else None,
                                   token_logprobs=seq.token_logprobs if seq.logprobs is not None else None))
-        if seq.slot >= 0:
-            self._release(seq)
-        else:
-            self._by_id.pop(seq.id, None)
+        self._release(seq)
 
-    def _release(self, seq: _Sequence) -> None:
-        """Free ``seq``'s slot; the last occupied slot moves into it so that slots 0..n-1 stay occupied."""
-        i, last = seq.slot, len(self._running) - 1
-        lengths = self.cache.row_lengths
-        if i != last:
-            mover = self._running[last]
-            n = int(lengths[last])
-            for k, v in zip(self.cache.k, self.cache.v):  # each [slots, heads, max_len, head_dim]
-                k[i, :, :n] = k[last, :, :n]
-                v[i, :, :n] = v[last, :, :n]
-            lengths[i] = n
-            self._running[i] = mover
-            mover.slot = i
-        lengths[last] = 0
-        self._running.pop()
-        seq.slot = -1
+    def _release(self, seq: _Request) -> None:
+        """Forget ``seq`` and return its blocks (its full blocks stay in the prefix cache)."""
+        self.scheduler.remove(seq)
         self._by_id.pop(seq.id, None)
 
     def _fail_all(self, error: BaseException) -> None:
         for seq in list(self._running) + list(self._waiting):
             self._finish(seq, error=error)
-        self._waiting.clear()

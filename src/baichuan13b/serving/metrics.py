@@ -109,6 +109,10 @@ class ServerMetrics:
         self.request_seconds = Histogram(f"{p}_http_request_duration_seconds",
                                          "Time from request arrival to the end of the response", LATENCY_BUCKETS)
         self.prompt_tokens = Counter(f"{p}_prompt_tokens_total", "Prompt tokens prefilled")
+        self.prefix_cache_hit_tokens = Counter(f"{p}_prefix_cache_hit_tokens_total",
+                                               "Prompt tokens whose keys and values came from the prefix cache")
+        self.preemptions = Counter(f"{p}_preemptions_total",
+                                   "Sequences preempted (KV blocks ran out; requeued and recomputed)")
         self.generation_tokens = Counter(f"{p}_generation_tokens_total", "Tokens generated")
         self.finished = Counter(f"{p}_sequences_finished_total",
                                 "Generations ended, by reason (stop, length, abort, error)", ("reason",))
@@ -131,7 +135,8 @@ class ServerMetrics:
 
     def render(self) -> str:
         """The Prometheus text format (version 0.0.4)."""
-        metrics = [self.requests, self.request_seconds, self.prompt_tokens, self.generation_tokens, self.finished,
+        metrics = [self.requests, self.request_seconds, self.prompt_tokens, self.prefix_cache_hit_tokens,
+                   self.preemptions, self.generation_tokens, self.finished,
                    self.queue_seconds, self.ttft_seconds, self.tpot_seconds, self.e2e_seconds, self.batch_size,
                    self.step_seconds, *self._gauges]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"

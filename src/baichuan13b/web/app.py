@@ -341,9 +341,11 @@ def carry_out(loaded: LoadedModel, action: tuple[str, str | None], system: str, 
     if kind == "ask":
         with st.chat_message("user", avatar=AVATARS["user"]):
             st.text(text)
-        stream = conv.reply(loaded.model, loaded.tokenizer, text, system or None, **overrides)
+        stream = conv.reply(loaded.model, loaded.tokenizer, text, system or None,
+                            prefix_cache=loaded.prefix_cache, **overrides)
     else:
-        stream = conv.continue_reply(loaded.model, loaded.tokenizer, system or None, **overrides)
+        stream = conv.continue_reply(loaded.model, loaded.tokenizer, system or None,
+                                     prefix_cache=loaded.prefix_cache, **overrides)
     with st.chat_message("assistant", avatar=AVATARS["assistant"]):
         stream_into(st.empty(), stream, markdown)
 

@@ -33,10 +33,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..chat import build_chat_input, chat
+from ..chat import build_chat_input, chat, stream_prompt
 from ..checkpoint import DEMO_NAME
 from ..cli.common import add_model_arguments, add_sampling_arguments, display_name, load, sampling_overrides
-from ..generation import GenerationConfig, stream_text
+from ..generation import GenerationConfig
 from ..generation.decode import resolve_config, tokens_that_fit
 from ..model import ContextLengthError
 from ..tokenizer import InvalidTextError, check_text
@@ -107,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p)
     p.add_argument("--system", default=None, help="initial system prompt (editable on the page)")
     p.add_argument("--title", default=None, help="page title (default: the model's name)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="recompute the whole conversation every turn instead of reusing its cached keys and values")
 
 
 class _PageArgumentParser(argparse.ArgumentParser):
@@ -229,6 +231,7 @@ class LoadedModel:
     facts: ModelFacts
     system: str | None
     title: str
+    prefix_cache: bool = True  # chat(prefix_cache=...): turn N reuses the cached turns 1..N-1
 
 
 # The page flags (as tuples) whose model this process has loaded: the page shows "loading" until then.
@@ -244,7 +247,7 @@ def load_chat_model(argv: Sequence[str]) -> LoadedModel:
     facts = model_facts(model, args)
     LOADED.add(tuple(argv))
     return LoadedModel(model=model, tokenizer=tokenizer, defaults=defaults, facts=facts, system=args.system,
-                       title=args.title or facts.title)
+                       title=args.title or facts.title, prefix_cache=not args.no_prefix_cache)
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -324,13 +327,15 @@ def check_input_fits(tokenizer: Any, text: str, system: str | None, context: int
 
 
 # ------------------------------------------------------------------------------------------------ history
-def stream_answer(model: Any, tokenizer: Any, messages: list[dict[str, str]], **overrides: Any) -> Iterator[str]:
-    """The page's one call into the chat path: the cumulative answer to ``messages`` (newest last)."""
-    return chat(model, tokenizer, messages, stream=True, **overrides)
+def stream_answer(model: Any, tokenizer: Any, messages: list[dict[str, str]], prefix_cache: bool = True,
+                  **overrides: Any) -> Iterator[str]:
+    """The page's one call into the chat path: the cumulative answer to ``messages`` (newest last); turn N
+    reuses the cached turns 1..N-1 unless ``prefix_cache=False``."""
+    return chat(model, tokenizer, messages, stream=True, prefix_cache=prefix_cache, **overrides)
 
 
 def stream_continuation(model: Any, tokenizer: Any, messages: list[dict[str, str]], partial: str,
-                        **overrides: Any) -> Iterator[str]:
+                        prefix_cache: bool = True, **overrides: Any) -> Iterator[str]:
     """Go on with ``partial``, an answer to ``messages`` that the length limit cut: the prompt is the chat prompt
     followed by the partial answer's tokens, decoded by the same path; yields the cumulative new text."""
     cfg = resolve_config(model, None, overrides)
@@ -338,7 +343,7 @@ def stream_continuation(model: Any, tokenizer: Any, messages: list[dict[str, str
     done = torch.tensor([tokenizer.encode(partial, add_special_tokens=False)], dtype=torch.long,
                         device=prompt.device)  # [1, m]
     text = ""
-    pieces = stream_text(model, tokenizer, torch.cat([prompt, done], dim=1), cfg)
+    pieces = stream_prompt(model, tokenizer, torch.cat([prompt, done], dim=1)[0].tolist(), cfg, prefix_cache)
     try:
         for piece in pieces:
             text += piece
@@ -448,7 +453,7 @@ class Conversation:
         with self._lock:
             return head + [{"role": m.role, "content": m.content} for m in self.messages]
 
-    def reply(self, model: Any, tokenizer: Any, text: str, system: str | None = None,
+    def reply(self, model: Any, tokenizer: Any, text: str, system: str | None = None, prefix_cache: bool = True,
               **overrides: Any) -> Iterator[str]:
         """Add the user message ``text`` and stream the answer, yielding the cumulative text.
 
@@ -468,11 +473,11 @@ class Conversation:
             conversation.insert(0, {"role": "system", "content": system})
         conversation.append({"role": "user", "content": text})
         counter = TokenCounter(tokenizer)
-        stream = stream_answer(model, counter, conversation, **overrides)
+        stream = stream_answer(model, counter, conversation, prefix_cache=prefix_cache, **overrides)
         yield from self._write(model, counter, conversation, answer, "", stream, me, overrides,
                                drop_on_error=(question, answer))
 
-    def continue_reply(self, model: Any, tokenizer: Any, system: str | None = None,
+    def continue_reply(self, model: Any, tokenizer: Any, system: str | None = None, prefix_cache: bool = True,
                        **overrides: Any) -> Iterator[str]:
         """Go on with the last answer, which the length limit cut; yields its whole text as it grows."""
         with self._lock:
@@ -487,7 +492,7 @@ class Conversation:
         if system:
             conversation.insert(0, {"role": "system", "content": system})
         counter = TokenCounter(tokenizer)
-        stream = stream_continuation(model, counter, conversation, done, **overrides)
+        stream = stream_continuation(model, counter, conversation, done, prefix_cache=prefix_cache, **overrides)
         yield from self._write(model, counter, conversation, answer, done, stream, me, overrides,
                                before=(done_tokens, seconds))
 
