@@ -403,9 +403,9 @@ def test_hub_id_resolved_lazily(tiny_tokenizer_dir: Path, monkeypatch: pytest.Mo
         seen.append(path_or_id)
         return str(tiny_tokenizer_dir)
 
-    fake = types.ModuleType("baichuan13b.checkpoint")
+    fake = types.ModuleType("baichuan13b.hub")
     fake.resolve_model_path = resolve_model_path  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "baichuan13b.checkpoint", fake)
+    monkeypatch.setitem(sys.modules, "baichuan13b.hub", fake)
     tok = BaichuanTokenizer.from_pretrained("some-org/some-model")
     assert seen == ["some-org/some-model"]
     assert tok.vocab_size == 400
@@ -470,8 +470,8 @@ def test_hub_id_fetches_only_tokenizer_files(tiny_tokenizer_dir: Path, monkeypat
         seen.append(allow_patterns)
         return tiny_tokenizer_dir
 
-    fake = types.ModuleType("baichuan13b.checkpoint")
+    fake = types.ModuleType("baichuan13b.hub")
     fake.resolve_model_path = resolve_model_path  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "baichuan13b.checkpoint", fake)
+    monkeypatch.setitem(sys.modules, "baichuan13b.hub", fake)
     BaichuanTokenizer.from_pretrained("some-org/some-model")
     assert seen == [["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]]

@@ -63,6 +63,12 @@ def turn_ids(role: str, content_ids: list[int], *, user_token_id: int, assistant
     raise ValueError(f"turn_ids: role must be 'user' or 'assistant', got {role!r}")
 
 
+def max_input_tokens(model_max_length: int, max_new_tokens: int) -> int:
+    """Prompt tokens a chat may use: the context less the answer's ``max_new_tokens``, but at least half the
+    context (the official rule; older turns beyond it are dropped, oldest first)."""
+    return max(model_max_length // 2, model_max_length - max_new_tokens)
+
+
 def build_chat_ids(
     tokenizer: Any,
     messages: Sequence[Mapping[str, Any]],
@@ -75,12 +81,12 @@ def build_chat_ids(
 ) -> list[int]:
     """Prompt ids for ``messages`` (see the module docstring for the format). Pure function."""
     validate_messages(messages)
-    max_input_tokens = max(model_max_length // 2, model_max_length - max_new_tokens)
+    budget = max_input_tokens(model_max_length, max_new_tokens)
     system_tokens: list[int] = []
     if messages[0]["role"] == "system":
         system_tokens = tokenizer.encode(messages[0]["content"], add_special_tokens=False)
         messages = messages[1:]
-        max_input_tokens = max(0, max_input_tokens - len(system_tokens))
+        budget = max(0, budget - len(system_tokens))
     ids = dict(user_token_id=user_token_id, assistant_token_id=assistant_token_id, eos_token_id=eos_token_id)
     total: list[int] = []
     round_input: list[int] = []
@@ -88,15 +94,15 @@ def build_chat_ids(
         content = tokenizer.encode(message["content"], add_special_tokens=False)
         if message["role"] == "user":
             round_input = turn_ids("user", content, **ids) + round_input
-            if total and len(total) + len(round_input) > max_input_tokens:
+            if total and len(total) + len(round_input) > budget:
                 break
             total = round_input + total
-            if len(total) >= max_input_tokens:
+            if len(total) >= budget:
                 break
             round_input = []
         else:  # assistant
             round_input = turn_ids("assistant", content, **ids) + round_input
-    total = total[-max_input_tokens:] if max_input_tokens > 0 else []  # truncate from the left
+    total = total[-budget:] if budget > 0 else []  # truncate from the left
     return system_tokens + total + [assistant_token_id]
 
 

@@ -159,7 +159,7 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ModelConfig":
-        from .checkpoint import read_json_object
+        from .files import read_json_object
 
         try:
             data = read_json_object(path)
@@ -170,7 +170,7 @@ class ModelConfig:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> "ModelConfig":
         """Read ``config.json`` from a checkpoint folder or hub id (see :func:`checkpoint.resolve_model_path`)."""
-        from .checkpoint import resolve_model_path
+        from .hub import resolve_model_path
 
         folder = resolve_model_path(path_or_id, allow_patterns=["*.json"])
         file = folder / "config.json"
@@ -179,7 +179,7 @@ class ModelConfig:
         return cls.from_json_file(file)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        from .checkpoint import atomic_write_text
+        from .files import atomic_write_text
 
         path = Path(folder) / "config.json"
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -27,16 +27,13 @@ from torch import nn
 
 from .cache import KVCache, PagedBatch, PagedKVCache
 from .config import ModelConfig
+from .errors import ContextLengthError
 
 if TYPE_CHECKING:
     from .generation import GenerationConfig
 
 # Queries per attention block during long prefills: bounds the [batch, heads, block, keys] bias tensor.
 ATTENTION_QUERY_BLOCK = 1024
-
-
-class ContextLengthError(ValueError):
-    """The input (plus the cache) is longer than the model's context."""
 
 
 # ---------------------------------------------------------------------------------------------------- positions
@@ -413,7 +410,7 @@ class BaichuanForCausalLM(nn.Module):
         **kwargs: Any,
     ) -> "BaichuanForCausalLM":
         """Load an official checkpoint folder or hub id (see :func:`baichuan13b.checkpoint.load_model`)."""
-        from .checkpoint import load_model
+        from .loading import load_model
 
         return load_model(path_or_id, torch_dtype=torch_dtype, device_map=device_map, progress=progress, **kwargs)
 
@@ -429,7 +426,7 @@ class BaichuanForCausalLM(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, **kwargs: Any) -> None:
         """Write config.json, weights (safetensors by default) and generation_config.json in the official layout."""
-        from .checkpoint import save_model
+        from .saving import save_model
 
         save_model(self, folder, **kwargs)
 

@@ -6,6 +6,10 @@ one all-reduce each, so a block costs two all-reduces. ALiBi slopes are split wi
 and ``lm_head`` are replicated, so every rank computes the same logits and samples the same tokens (given the
 same seed). Module and parameter names do not change.
 
+Loading for tensor parallelism (``load_model(..., tensor_parallel=(rank, world))``, what the CLI does under
+``torchrun``) builds the sharded shapes on the meta device and reads only this rank's slices from the files
+(:func:`shard_ranges`), so a rank never holds the whole model; ``--quantize`` then quantizes each rank's shard.
+
 ::
 
     torchrun --nproc_per_node 2 -m baichuan13b generate --model PATH --prompt "..."
@@ -64,18 +68,89 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _shard_rows(linear: nn.Linear, rank: int, world: int) -> None:
-    w = linear.weight  # [out, in]
-    rows = w.shape[0] // world
-    linear.weight = nn.Parameter(w[rank * rows : (rank + 1) * rows].clone(), requires_grad=False)
-    linear.out_features = rows
+def check_tensor_parallel(config, world: int) -> None:
+    """``ValueError`` unless the heads and the MLP width split evenly over ``world`` ranks."""
+    heads, inter = config.num_attention_heads, config.intermediate_size
+    if heads % world or inter % world:
+        raise ValueError(f"tensor parallelism over {world} ranks needs num_attention_heads ({heads}) and "
+                         f"intermediate_size ({inter}) divisible by {world}")
 
 
-def _shard_columns(linear: nn.Linear, rank: int, world: int) -> None:
-    w = linear.weight  # [out, in]
-    cols = w.shape[1] // world
-    linear.weight = nn.Parameter(w[:, rank * cols : (rank + 1) * cols].clone(), requires_grad=False)
-    linear.in_features = cols
+def shard_ranges(config, name: str, rank: int, world: int) -> list[tuple[int, int, int]] | None:
+    """The part of checkpoint tensor ``name`` that rank ``rank`` of ``world`` keeps, as ``(dim, start, stop)``
+    ranges concatenated along ``dim``; None for a replicated tensor (embeddings, norms, ``lm_head``).
+
+    ``W_pack`` keeps the q, k and v rows of its heads (three ranges), ``gate_proj`` / ``up_proj`` a block of
+    rows (column parallel), ``o_proj`` / ``down_proj`` a block of columns (row parallel). Pure function: the
+    loader reads only these slices, :func:`apply_tensor_parallel` cuts the same ones from a loaded model.
+    """
+    parts = name.split(".")
+    if len(parts) < 5 or parts[:2] != ["model", "layers"] or parts[-1] != "weight":
+        return None
+    leaf = ".".join(parts[3:-1])
+    hidden, inter = config.hidden_size, config.intermediate_size
+    if leaf == "self_attn.W_pack":
+        local = hidden // world  # local heads * head_dim, in each of q, k and v
+        return [(0, j * hidden + rank * local, j * hidden + (rank + 1) * local) for j in range(3)]
+    if leaf in ("mlp.gate_proj", "mlp.up_proj"):
+        rows = inter // world
+        return [(0, rank * rows, (rank + 1) * rows)]
+    if leaf == "self_attn.o_proj":
+        cols = hidden // world
+        return [(1, rank * cols, (rank + 1) * cols)]
+    if leaf == "mlp.down_proj":
+        cols = inter // world
+        return [(1, rank * cols, (rank + 1) * cols)]
+    return None
+
+
+def full_shape(config, name: str) -> tuple[int, int] | None:
+    """The unsharded shape of a tensor that :func:`shard_ranges` slices (None for the others)."""
+    leaf = ".".join(name.split(".")[3:-1])
+    hidden, inter = config.hidden_size, config.intermediate_size
+    return {"self_attn.W_pack": (3 * hidden, hidden), "mlp.gate_proj": (inter, hidden),
+            "mlp.up_proj": (inter, hidden), "self_attn.o_proj": (hidden, hidden),
+            "mlp.down_proj": (hidden, inter)}.get(leaf)
+
+
+def take_ranges(tensor: torch.Tensor, ranges: list[tuple[int, int, int]]) -> torch.Tensor:
+    """The ranges of ``tensor`` (views when one range; one concatenated copy otherwise)."""
+    pieces = [tensor.narrow(dim, start, stop - start) for dim, start, stop in ranges]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=ranges[0][0])
+
+
+def shard_layers(model: BaichuanForCausalLM, rank: int, world: int) -> None:
+    """Cut every decoder layer's parallel weights to this rank's part, in place (also on the meta device, where
+    only the shapes change: the loader then reads just these parts). No communication hooks."""
+    config = model.config
+    check_tensor_parallel(config, world)
+    local_heads, d = config.num_attention_heads // world, config.head_dim
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn
+        attn.num_heads, attn.hidden_size = local_heads, local_heads * d
+        for module_name, linear in (("self_attn.W_pack", attn.W_pack), ("self_attn.o_proj", attn.o_proj),
+                                    ("mlp.gate_proj", layer.mlp.gate_proj), ("mlp.up_proj", layer.mlp.up_proj),
+                                    ("mlp.down_proj", layer.mlp.down_proj)):
+            ranges = shard_ranges(config, f"model.layers.{i}.{module_name}.weight", rank, world)
+            weight = take_ranges(linear.weight, ranges).clone()  # own memory (a copy, not a view of the whole)
+            linear.weight = nn.Parameter(weight, requires_grad=False)
+            linear.out_features, linear.in_features = weight.shape
+
+
+def add_all_reduce_hooks(model: BaichuanForCausalLM) -> None:
+    """Sum the row-parallel layers' partial outputs over the ranks (on whatever module, float or quantized, sits
+    at ``o_proj`` / ``down_proj`` now)."""
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.register_forward_hook(_all_reduce_output)
+        layer.mlp.down_proj.register_forward_hook(_all_reduce_output)
+
+
+def shard_position_buffers(model: BaichuanForCausalLM, rank: int, world: int) -> None:
+    """Keep the ALiBi slopes of this rank's heads (call after the position buffers are computed)."""
+    local_heads = model.config.num_attention_heads // world
+    slopes = model.model.alibi_slopes
+    model.model.alibi_slopes = slopes[rank * local_heads : (rank + 1) * local_heads].clone()
+    model.tensor_parallel = (rank, world)
 
 
 def _all_reduce_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
@@ -88,30 +163,14 @@ def _all_reduce_output(module: nn.Module, inputs, output: torch.Tensor) -> torch
 
 def apply_tensor_parallel(model: BaichuanForCausalLM, rank: int | None = None,
                           world: int | None = None) -> BaichuanForCausalLM:
-    """Shard ``model`` in place for this rank of the default process group and return it."""
+    """Shard a loaded ``model`` in place for this rank of the default process group and return it.
+
+    Loading with ``load_model(..., tensor_parallel=(rank, world))`` gives the same model while reading only this
+    rank's slices from the checkpoint (host memory: one shard of the parallel weights, not the whole model).
+    """
     rank = dist.get_rank() if rank is None else rank
     world = dist.get_world_size() if world is None else world
-    config = model.config
-    heads, inter = config.num_attention_heads, config.intermediate_size
-    if heads % world or inter % world:
-        raise ValueError(f"tensor parallelism over {world} ranks needs num_attention_heads ({heads}) and "
-                         f"intermediate_size ({inter}) divisible by {world}")
-    local_heads, d = heads // world, config.head_dim
-    for layer in model.model.layers:
-        attn = layer.self_attn
-        w = attn.W_pack.weight  # [3 * hidden, hidden]
-        w = w.view(3, heads, d, config.hidden_size)[:, rank * local_heads : (rank + 1) * local_heads]
-        attn.W_pack.weight = nn.Parameter(w.reshape(3 * local_heads * d, config.hidden_size).clone(),
-                                          requires_grad=False)  # [3 * local_heads * d, hidden]
-        attn.W_pack.out_features = 3 * local_heads * d
-        attn.num_heads, attn.hidden_size = local_heads, local_heads * d
-        _shard_columns(attn.o_proj, rank, world)
-        _shard_rows(layer.mlp.gate_proj, rank, world)
-        _shard_rows(layer.mlp.up_proj, rank, world)
-        _shard_columns(layer.mlp.down_proj, rank, world)
-        attn.o_proj.register_forward_hook(_all_reduce_output)
-        layer.mlp.down_proj.register_forward_hook(_all_reduce_output)
-    slopes = model.model.alibi_slopes
-    model.model.alibi_slopes = slopes[rank * local_heads : (rank + 1) * local_heads].clone()
-    model.tensor_parallel = (rank, world)
+    shard_layers(model, rank, world)
+    add_all_reduce_hooks(model)
+    shard_position_buffers(model, rank, world)
     return model

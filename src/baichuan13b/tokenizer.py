@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import sentencepiece as spm
 
-from .checkpoint import read_json_object
+from .files import read_json_object
 
 __all__ = [
     "BaichuanTokenizer",
@@ -222,7 +222,7 @@ class BaichuanTokenizer:
                     f"{VOCAB_FILE_NAME}, a .model file, or a Hub model id)"
                 )
             try:
-                from .checkpoint import resolve_model_path
+                from .hub import resolve_model_path
             except ImportError as e:
                 raise FileNotFoundError(
                     f"{raw!r} is not a local file or folder, and Hub ids cannot be resolved "
@@ -274,7 +274,7 @@ class BaichuanTokenizer:
     def save_pretrained(self, folder: PathLike) -> list[str]:
         """Write ``tokenizer.model``, ``tokenizer_config.json`` and ``special_tokens_map.json``
         to ``folder`` in the official layout; returns the written paths."""
-        from .checkpoint import atomic_write_bytes, atomic_write_text
+        from .files import atomic_write_bytes, atomic_write_text
 
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)

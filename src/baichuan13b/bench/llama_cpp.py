@@ -134,7 +134,7 @@ def _int4_group_size(args: argparse.Namespace, config) -> int:
 def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
     """``baichuan bench --against-llama-cpp``: print the side-by-side table (and write ``--json``)."""
     from ..checkpoint import atomic_write_text
-    from ..cli.bench import prepare
+    from .speed import prepare
     from ..export.gguf import export_gguf, require_gguf
     from ..model import BaichuanForCausalLM
     from .speed import copy_bandwidth, measure, weight_bytes_per_token

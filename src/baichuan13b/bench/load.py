@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import resolve_dtype
+from ..devices import resolve_dtype
 from ..config import PRESETS, ModelConfig
 from ..model import BaichuanForCausalLM
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import resolve_dtype
+from ..devices import resolve_dtype
 from ..config import PRESETS, ModelConfig
 from ..model import BaichuanForCausalLM
 from ..quantization import estimate_memory, weight_bytes_by_dtype

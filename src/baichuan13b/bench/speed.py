@@ -171,6 +171,20 @@ def config_from_spec(spec: str) -> ModelConfig:
 
 
 def write_json(results: list[SpeedResult], path: str | Path) -> None:
-    from ..checkpoint import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(path, json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+def prepare(model, args: Any, quantize: str | None = "flag", prepack: bool | None = None):
+    """Quantize (``--quantize``, or ``quantize`` when given) and prepack (``--no-prepack`` off) as chat loads;
+    never prepacked with ``--compile`` (compiled steps need plain weights)."""
+    from ..cpu_linear import pack_linear_weights
+
+    quantize = args.quantize if quantize == "flag" else quantize
+    if quantize:
+        model.quantize(8 if quantize == "int8" else 4, group_size=args.group_size,
+                       quantize_lm_head=args.quantize_lm_head)
+    if (args.prepack if prepack is None else prepack) and not getattr(args, "compile", False):
+        pack_linear_weights(model)
+    return model

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Sequence
 
+from .common import HelpFormatter, in_typed_spelling, normalize_argv, plain_text
+
 # Subcommand name -> module of this package. Each module has HELP, add_arguments(parser) and run(args).
 SUBCOMMANDS = {
     "chat": "chat",
@@ -24,6 +26,10 @@ SUBCOMMANDS = {
 }
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="baichuan",
@@ -35,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(f"{__name__}.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=module.HELP, description=plain_text(module.__doc__),
+                           formatter_class=HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
@@ -45,11 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``baichuan`` console command; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --data_dir and --data-dir spell the same flag in every subcommand; errors name the spelling typed.
+    command_at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    typed: dict[str, str] = {}
+    if command_at is not None and argv[command_at] in SUBCOMMANDS:
+        rest, typed = normalize_argv(_subparsers(parser)[argv[command_at]], argv[command_at + 1:])
+        argv = argv[: command_at + 1] + rest
     args, extra = parser.parse_known_args(argv)
+    args._typed_flags = typed
     if extra:  # name the close matches of a mistyped flag (e.g. --lora_rnk -> --lora_rank)
         from ..training.arguments import unrecognized_message
 
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        sub = _subparsers(parser)[args.command]
         sub.error(unrecognized_message(sub, extra))
     try:
         status = int(args.run(args) or 0)
@@ -65,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (FileNotFoundError, ValueError) as e:
         # Configuration and input errors: one clear line, no traceback (CheckpointError is a ValueError).
-        print(f"baichuan {args.command}: error: {e}", file=sys.stderr)
+        print(f"baichuan {args.command}: error: {in_typed_spelling(str(e), args)}", file=sys.stderr)
         return 2
     finally:
         _leave_process_group(wait_for_peers=False)

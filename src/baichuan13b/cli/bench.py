@@ -10,12 +10,12 @@ import argparse
 
 import torch
 
-from .common import model_arg
+from ..bench.speed import prepare
+from .common import add_dtype_argument, device_arg, model_arg
 
 HELP = "measure decode speed against the memory-bandwidth roofline"
 
-DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "float32": torch.float32}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,14 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "...) or of a config.json (default: baichuan-13b on GPU, baichuan-1b on CPU)")
     p.add_argument("--compare", action="store_true",
                    help="the seed's table: baichuan-13b and llama-13b shapes with random weights")
-    p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: fp16 on GPU, bf16 on CPU")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--prompt-len", type=int, default=32)
+    add_dtype_argument(p, help="weight dtype; auto = float16 on GPU, bfloat16 on CPU (with --model: the "
+                               "checkpoint's torch_dtype when it has one)")
+    p.add_argument("--device", default=None, type=device_arg, help="default: cuda when available, else cpu")
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together")
+    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens before the timed decode")
     p.add_argument("--gen-len", type=int, default=None, help="new tokens (default: 2048 on GPU, 128 on CPU)")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile the decode step (default on GPU)")
-    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager decode steps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--quantize", default=None, choices=["int8", "int4"],
                    help="weight-only quantization, as every other command (int4: --group-size)")
@@ -52,18 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
-def prepare(model, args: argparse.Namespace, quantize: str | None = "flag", prepack: bool | None = None):
-    """Quantize (``--quantize``, or ``quantize`` when given) and prepack (``--no-prepack`` off) as chat loads;
-    never prepacked with ``--compile`` (compiled steps need plain weights)."""
-    from ..cpu_linear import pack_linear_weights
+def _bench_dtype(args: argparse.Namespace, on_gpu: bool) -> torch.dtype:
+    """``--dtype``, where auto means the checkpoint's torch_dtype (with --model) or float16 on GPU, bfloat16 on CPU."""
+    name = args.dtype
+    if name == "auto" and args.model:
+        from ..config import ModelConfig
 
-    quantize = args.quantize if quantize == "flag" else quantize
-    if quantize:
-        model.quantize(8 if quantize == "int8" else 4, group_size=args.group_size,
-                       quantize_lm_head=args.quantize_lm_head)
-    if (args.prepack if prepack is None else prepack) and not getattr(args, "compile", False):
-        pack_linear_weights(model)
-    return model
+        name = ModelConfig.from_pretrained(args.model).torch_dtype or "auto"
+        name = name if name in DTYPES else "auto"
+    if name == "auto":
+        name = "float16" if on_gpu else "bfloat16"
+    return DTYPES[name]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device if args.device not in (None, "auto") else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
-    dtype = DTYPES[args.dtype or ("fp16" if on_gpu else "bf16")]
+    dtype = _bench_dtype(args, on_gpu)
     gen_len = args.gen_len or (2048 if on_gpu else 128)
     compile = on_gpu if args.compile is None else args.compile
     if args.batch < 1 or args.prompt_len < 1 or gen_len < 1:

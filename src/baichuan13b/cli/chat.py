@@ -2,9 +2,15 @@
 
 Streaming by default. At the prompt: ``clear`` empties the history, ``stream`` toggles streaming, ``exit``
 quits; Ctrl+C stops the current answer without leaving (the partial answer stays in the history), Ctrl+D
-quits. Line editing and history come from prompt_toolkit. When standard input is not a terminal, each line is
-one user message and each answer is printed on its own line, so the chat can be scripted. A message that is
-not valid text (undecodable bytes, a lone surrogate) is refused with a message on stderr and the chat goes on.
+quits. Line editing and history come from prompt_toolkit.
+
+When standard input is not a terminal, each line is one user message and each answer is printed on its own line,
+so the chat can be scripted. The lines form ONE conversation (each answer sees the earlier lines and answers, as
+at the terminal; a line "clear" starts a new one); --no-history answers every line as an independent question.
+A message that is not valid text (undecodable bytes, a lone surrogate) is refused with a message on stderr and
+the chat goes on. A message longer than the model can read (its context less the answer's --max-new-tokens) is
+refused with a message on stderr, never cut silently; piped, the remaining lines are still answered and the exit
+status is 1.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import sys
 from typing import Callable, Iterable, TextIO
 
 from ..chat import chat as chat_answer
+from ..chat import max_input_tokens
+from ..generation.decode import resolve_config
 from ..tensor_parallel import broadcast_object, is_main_process
 from ..tokenizer import InvalidTextError, check_text
 from .common import (
@@ -40,15 +48,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stream", action="store_true", help="print whole answers instead of streaming")
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="recompute the whole conversation every turn instead of reusing its cached keys and values")
+    p.add_argument("--no-history", action="store_true",
+                   help="answer each message on its own, without the earlier turns (piped input: one independent "
+                        "question per line; by default the lines are one conversation)")
+
+
+class MessageTooLongError(ValueError):
+    """A user message longer than the prompt the model can read (it would be cut from the left)."""
 
 
 class ChatSession:
     """The conversation state and the command handling of the terminal chat, independent of I/O."""
 
-    def __init__(self, model, tokenizer, overrides: dict, system: str | None = None, stream: bool = True):
+    def __init__(self, model, tokenizer, overrides: dict, system: str | None = None, stream: bool = True,
+                 history: bool = True):
         self.model, self.tokenizer, self.overrides = model, tokenizer, overrides
         self.system = system
         self.stream = stream
+        self.history = history  # False: every message is answered on its own
         self.messages: list[dict[str, str]] = []
         # Under tensor parallelism rank 0 announces every action so the other ranks run the same forwards.
         self.announce: Callable[[tuple], None] | None = None
@@ -63,16 +80,36 @@ class ChatSession:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.messages
 
+    def check_length(self, text: str) -> None:
+        """Raise :class:`MessageTooLongError` when ``text`` (with the system prompt) does not fit the prompt the
+        model reads; the official layout would silently keep only its end."""
+        config = self.model.config
+        if config.allow_length_extrapolation:
+            return
+        settings = {k: v for k, v in self.overrides.items() if k != "prefix_cache"}  # a chat() argument
+        cfg = resolve_config(self.model, None, settings)
+        budget = max_input_tokens(config.max_position, cfg.max_new_tokens)
+        system = len(self.tokenizer.encode(self.system, add_special_tokens=False)) if self.system else 0
+        n = len(self.tokenizer.encode(text, add_special_tokens=False)) + 2  # + the user and assistant tokens
+        if system + n > budget:
+            raise MessageTooLongError(
+                f"message too long: {n} tokens{f' (+ {system} of system prompt)' if system else ''}, the model "
+                f"reads at most {budget} (its context of {config.max_position} less room for the answer); "
+                "shorten it or lower --max-new-tokens")
+
     def answer(self, text: str, write: Callable[[str], None]) -> str:
         """Answer ``text``, writing the answer through ``write`` (in pieces when streaming).
 
         A KeyboardInterrupt stops the answer; what was generated so far is kept in the history and returned.
-        Text that is not valid Unicode raises :class:`~baichuan13b.tokenizer.InvalidTextError` before anything
-        changes (the history stays as it was).
+        Text that is not valid Unicode raises :class:`~baichuan13b.tokenizer.InvalidTextError`, and a message
+        that does not fit :class:`MessageTooLongError`, before anything changes (the history stays as it was).
         """
         check_text(text, "the message")
+        self.check_length(text)
         if self.announce:
             self.announce(("answer", text))
+        if not self.history:
+            self.messages.clear()
         self.messages.append({"role": "user", "content": text})
         answer = ""
         try:
@@ -90,15 +127,18 @@ class ChatSession:
         return answer
 
 
-def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO) -> None:
-    """Scripted mode: one user message per input line, one answer per output line."""
+def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO, errors: TextIO | None = None) -> int:
+    """Scripted mode: one user message per input line, one answer per output line. A message that is too long
+    gets an empty output line and a message on ``errors``; returns 1 if that happened, else 0."""
+    errors = errors or sys.stderr
+    status = 0
     for line in lines:
         text = line.rstrip("\n")
         if not text.strip():
             continue
         command = text.strip().lower()
         if command == "exit":
-            return
+            return status
         if command == "clear":
             session.clear()
             continue
@@ -109,8 +149,12 @@ def run_lines(session: ChatSession, lines: Iterable[str], out: TextIO) -> None:
             session.answer(text, lambda s: (out.write(s), out.flush()))
         except InvalidTextError as e:  # an empty answer line keeps one output line per input line
             err(f"baichuan chat: message not sent: {e}")
+        except MessageTooLongError as e:
+            print(f"baichuan chat: error: {e}", file=errors, flush=True)
+            status = 1
         out.write("\n")
         out.flush()
+    return status
 
 
 def run_interactive(session: ChatSession, model_name: str) -> None:
@@ -141,8 +185,12 @@ def run_interactive(session: ChatSession, model_name: str) -> None:
             continue
         try:
             check_text(text, "the message")
+            session.check_length(text)
         except InvalidTextError as e:
             print(f"(message not sent: {e})", flush=True)
+            continue
+        except MessageTooLongError as e:
+            print(f"\n({e})", flush=True)
             continue
         print(f"\n{model_name}: ", end="", flush=True)
         session.answer(text, lambda s: print(s, end="", flush=True))
@@ -176,20 +224,22 @@ def run(args: argparse.Namespace) -> int:
     overrides = sampling_overrides(args)
     if args.no_prefix_cache:
         overrides["prefix_cache"] = False  # a chat() argument next to the generation settings
-    session = ChatSession(model, tokenizer, overrides, system=args.system, stream=not args.no_stream)
+    session = ChatSession(model, tokenizer, overrides, system=args.system, stream=not args.no_stream,
+                          history=not args.no_history)
     if model.tensor_parallel is not None:
         if not is_main_process():
             follow(session)
             return 0
         session.announce = broadcast_object
+    status = 0
     try:
         if sys.stdin.isatty():
             run_interactive(session, "Baichuan")
         else:
             # Undecodable bytes become lone surrogates, refused line by line, instead of ending the chat.
             sys.stdin.reconfigure(errors="surrogateescape")
-            run_lines(session, sys.stdin, sys.stdout)
+            status = run_lines(session, sys.stdin, sys.stdout)
     finally:
         if session.announce:
             session.announce(("exit",))
-    return 0
+    return status

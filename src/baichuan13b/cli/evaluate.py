@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text
-from .common import add_model_arguments, display_name, err, load
+from ..files import atomic_write_text
+from .common import add_model_arguments, display_name, err, load, require_extra
 
 HELP = "C-Eval / MMLU / CMMLU k-shot accuracy, perplexity, and comparison of reports"
 
@@ -53,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--literal_text", "--literal-text", action="store_true",
                    help="use the CSV text as written (the official scripts read it with pandas, which prints "
                         "'None'/'NA' options as 'nan'; that is the default here)")
-    g.add_argument("--label", default=None, help="name of this run in tables (default: the model's name: demo, the folder's name or the hub id)")
+    g.add_argument("--label", default=None,
+                   help="name of this run in tables (default: the model's name: --model-name, else demo, the "
+                        "folder's name or the hub id)")
     g2 = p.add_argument_group("perplexity (--task ppl)")
     g2.add_argument("--text", default=None, help="UTF-8 text file")
     g2.add_argument("--window", type=int, default=None, help="tokens per window (default: the model's context)")
@@ -73,6 +75,8 @@ def _compare(args: argparse.Namespace) -> int:
     from ..evaluation.report import compare_chart, compare_reports
 
     labels = _split_list(args.labels) or None
+    if args.output_dir:
+        require_extra("eval", "baichuan eval --compare --output_dir", "the comparison chart")
     text = compare_reports(args.compare, labels)
     print(text)
     if args.output_dir:
@@ -99,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--task ppl runs alone (it reads --text, not the benchmark files)")
         if not args.text:
             raise ValueError("--task ppl needs --text FILE")
+        if not Path(args.text).is_file():
+            raise ValueError(f"--text {args.text}: no such file")
         from ..evaluation.perplexity import perplexity_of_file
 
         model, tokenizer = load(args)
@@ -109,8 +115,13 @@ def run(args: argparse.Namespace) -> int:
         if args.output_dir:
             atomic_write_text(Path(args.output_dir) / "perplexity.json", json.dumps(result, indent=1) + "\n")
         return 0
+    from ..evaluation.benchmarks import get_benchmark
+
+    for name in tasks:  # before loading: a typo in --task costs no loading time
+        get_benchmark(name)
     if not args.output_dir:
         raise ValueError("--output_dir is needed (results are written there, subject by subject)")
+    require_extra("eval", "baichuan eval", "the report chart")
     from ..evaluation.runner import EvalSettings, evaluate
 
     settings = EvalSettings(split=args.split, shots=args.shots, subjects=_split_list(args.subjects) or None,

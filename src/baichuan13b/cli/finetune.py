@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.arguments import arguments_from_namespace
 
     fa = arguments_from_namespace(args)
+    if fa.plot_loss:
+        from .common import require_extra
+
+        require_extra("train", "baichuan finetune --plot_loss", "the loss plots")
     if fa.nproc and fa.nproc > 1 and "WORLD_SIZE" not in os.environ:
         fa.validate()
         argv = sys.argv[sys.argv.index("finetune") + 1:] if "finetune" in sys.argv else None

@@ -14,18 +14,26 @@ HELP = "complete a prompt (raw text, no chat format)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", "-p", default=None, help="the prompt (default: read standard input)")
+    p.add_argument("--prompt", "-p", default=None,
+                   help="the prompt (default: read standard input; its trailing line break is dropped)")
     add_model_arguments(p)
     add_sampling_arguments(p)
+
+
+def prompt_from_stdin(text: str) -> str:
+    """The prompt in text read from standard input: without the line break(s) that end it (``echo`` adds one,
+    and a prompt ending in a newline makes the model continue on a new line)."""
+    return text.rstrip("\r\n")
 
 
 def run(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reads and prints
     prompt = args.prompt
     if prompt is None and main_rank:
-        prompt = sys.stdin.read()
-    if main_rank and not prompt:
-        raise ValueError("empty prompt: give --prompt TEXT or text on standard input")
+        prompt = prompt_from_stdin(sys.stdin.read())
+    if main_rank and not (prompt or "").strip():
+        raise ValueError("empty prompt: give --prompt TEXT or text on standard input"
+                         + (" (the prompt is only whitespace)" if prompt else ""))
     model, tokenizer = load(args)
     prompt = broadcast_object(prompt)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..checkpoint import resolve_dtype
 from ..config import PRESETS, ModelConfig
+from ..devices import resolve_dtype
 from ..quantization import QuantizationConfig, estimate_memory, format_report
-from .common import model_arg, default_model
+from .common import add_dtype_argument, default_model, model_arg
 
 HELP = "weight bytes per dtype and memory estimate (KV cache included), without loading weights"
 
@@ -22,8 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", "-m", default=None, type=model_arg, help="checkpoint folder or hub id (only config.json is read)")
     src.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a named model shape instead")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="compute dtype; auto = the config's torch_dtype")
+    add_dtype_argument(p, help="compute dtype; auto = the config's torch_dtype")
     p.add_argument("--quantize", default=None, choices=["int8", "int4"], help="as loaded with --quantize")
     p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
     p.add_argument("--context", type=int, default=None, help="positions per row (default: the model's context)")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes, resolve_model_path, save_model
+from ..files import atomic_write_bytes
+from ..hub import resolve_model_path
 from ..model import BaichuanForCausalLM
 from ..quantization import QuantizationConfig, format_report, memory_report
-from .common import model_arg, default_model, err
+from ..saving import save_model
+from .common import add_dtype_argument, check_flags, default_model, device_arg, err, model_arg
 
 HELP = "quantize a checkpoint to int8 / int4 and save it"
 
@@ -26,9 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", required=True, type=Path, help="output folder (created)")
     p.add_argument("--bits", type=int, required=True, choices=[8, 4], help="8: int8 per channel; 4: int4 groups")
     p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="dtype of scales and of the unquantized weights; auto = the checkpoint's torch_dtype")
-    p.add_argument("--device", default="cpu", help="where to quantize: cpu, cuda, cuda:N")
+    add_dtype_argument(p, help="dtype of scales and of the unquantized weights; auto = the checkpoint's torch_dtype")
+    p.add_argument("--device", default="cpu", type=device_arg, help="where to quantize: cpu, cuda, cuda:N")
     p.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head")
     p.add_argument("--quantize-embeddings", action="store_true", help="also quantize model.embed_tokens")
     p.add_argument("--max-shard-size", default="4GB", help="largest output shard, e.g. 2GB")
@@ -36,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_flags(args)
     source = resolve_model_path(args.model or default_model())
     out = args.output
     if out.resolve() == source.resolve():

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import os
 
-from .common import add_model_arguments, display_name, err, load
+from .common import add_model_arguments, display_name, err, load, require_extra
 
 HELP = "serve an OpenAI-compatible API (continuous batching)"
 
@@ -24,11 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--port", type=int, default=8000, help="port to listen on")
     g.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $BAICHUAN_API_KEY if set, else no key)")
-    g.add_argument("--served-model-name", default=None,
-                   help="the model name clients send (default: the model folder's name or the hub id)")
     g.add_argument("--cors-origins", default=None, metavar="ORIGINS",
                    help="comma-separated origins allowed by CORS, e.g. https://app.example.com (default: no CORS)")
     g.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest accepted request body")
@@ -37,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "off: 408 or a closed connection)")
     g.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="how long an idle keep-alive connection stays open")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log verbosity")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=int, default=16,
                    help="sequences running (decoded together) at most; admission is by free KV blocks")
@@ -69,9 +68,10 @@ def check_flags(args: argparse.Namespace) -> str | None:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    if args.served_model_name is not None:
-        check_text(args.served_model_name, "--served-model-name")
-        if not args.served_model_name:
+    # --served-model-name is the shared --model-name flag (cli/common.py): one name for page, reports and API.
+    if args.model_name is not None:
+        check_text(args.model_name, "--served-model-name")
+        if not args.model_name:
             raise ValueError("--served-model-name is empty")
     at_least("--max-request-bytes", args.max_request_bytes, 1)
     at_least("--max-batch", args.max_batch, 1)
@@ -100,6 +100,7 @@ def check_flags(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    require_extra("serve", "baichuan serve")  # first: the serving modules import fastapi and uvicorn
     from ..serving import Engine
     from ..serving.api import create_app, serve
     from ..tokenizer import check_text
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                     max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes,
                     block_size=args.block_size, prefix_cache=not args.no_prefix_cache)
     # Clients must be able to send the name back as JSON: no undecodable bytes (lone surrogates) from the shell.
-    name = check_text(args.served_model_name or display_name(args), "the served model name")
+    name = check_text(display_name(args), "the served model name")  # --served-model-name, else the model's
     if api_key is None and not _is_loopback(args.host):
         err(f"baichuan serve: warning: listening on {args.host} without an API key; anyone who can reach this "
             f"address can use the model (give --api-key)")

@@ -10,7 +10,7 @@ HELP = "rebuild the tiny offline demo model from scratch (a few minutes on 2 CPU
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, type=Path, help="folder to write the model to (replaced)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training order")
     p.add_argument("--evaluate", action="store_true", help="report exact-answer accuracy afterwards")
 
 

@@ -10,11 +10,11 @@ their starting values.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
 from ..web.page import APP_PATH, add_arguments as add_page_arguments, argv_from_namespace, build_parser
+from .common import require_extra
 
 HELP = "chat in the browser (streamlit page)"
 
@@ -43,8 +43,7 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("streamlit") is None:
-        raise ValueError("streamlit is not installed: pip install 'baichuan13b[web]'")
+    require_extra("web", "baichuan web")
     command = streamlit_command(args)
     print(f"baichuan web: http://{args.address}:{args.port}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
     # Become the streamlit server (no child process): Ctrl+C and SIGTERM reach it directly, none is left behind.

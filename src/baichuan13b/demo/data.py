@@ -288,7 +288,7 @@ def to_alpaca(conversations: list[Conversation]) -> list[dict]:
 
 def write_dataset(folder: str | os.PathLike) -> Path:
     """Write ``demo_sft.json``, ``demo_pt.txt`` and ``dataset_info.json`` (datasets ``demo_sft``, ``demo_pt``)."""
-    from ..checkpoint import atomic_write_text
+    from ..files import atomic_write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

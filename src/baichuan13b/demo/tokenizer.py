@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from .data import heldout_conversations, pretraining_lines, training_conversations
 
 # Control symbols (never produced from text, dropped by decode) for the chat roles, as ids 3 and 4.

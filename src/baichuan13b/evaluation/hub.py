@@ -15,7 +15,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from .benchmarks import LETTERS, Benchmark, get_benchmark
 
 _SPLIT_NAMES = {"dev": "dev", "val": "val", "validation": "val", "test": "test"}

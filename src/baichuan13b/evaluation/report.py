@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..checkpoint import atomic_write_bytes, atomic_write_text, read_json_object
+from ..files import atomic_write_bytes, atomic_write_text, read_json_object
 from .benchmarks import BENCHMARKS, Benchmark, get_benchmark
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"

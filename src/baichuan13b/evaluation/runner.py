@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..checkpoint import atomic_write_text, read_json_object
+from ..files import atomic_write_text, read_json_object
 from .benchmarks import LETTERS, Benchmark, Question, get_benchmark, load_questions, select_subjects
 from .prompts import Prompt, build_prompt
 from .scoring import extract_letter, letter_token_ids

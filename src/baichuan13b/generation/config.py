@@ -111,14 +111,14 @@ class GenerationConfig:
         """Read ``generation_config.json`` from a folder (or hub id), or a path to the file itself."""
         path = Path(path_or_id)
         if not path.exists():
-            from ..checkpoint import resolve_model_path
+            from ..hub import resolve_model_path
 
             path = resolve_model_path(path_or_id)
         if path.is_dir():
             path = path / "generation_config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no generation_config.json at {path.parent}")
-        from ..checkpoint import read_json_object
+        from ..files import read_json_object
 
         return cls.from_dict(read_json_object(path))
 
@@ -129,7 +129,7 @@ class GenerationConfig:
                    pad_token_id=config.pad_token_id)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        from ..checkpoint import atomic_write_text
+        from ..files import atomic_write_text
 
         path = Path(folder) / "generation_config.json"
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")

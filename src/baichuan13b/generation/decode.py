@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from ..model import ContextLengthError
+from ..errors import ContextLengthError
 from .config import GenerationConfig
 from .sampling import process_logits, seen_tokens, select_next
 

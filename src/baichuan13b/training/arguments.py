@@ -22,6 +22,9 @@ def _str_to_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+DEFAULT_CUTOFF_LEN = 1024
+
+
 @dataclass
 class FinetuneArguments:
     """Every setting of one fine-tuning or pre-training run (see ``baichuan finetune --help``)."""
@@ -64,7 +67,7 @@ class FinetuneArguments:
     fp16: bool = False
     bf16: bool = False
     deepspeed: str | None = None
-    cutoff_len: int = 1024
+    cutoff_len: int | None = None  # unset: DEFAULT_CUTOFF_LEN, or the model's context when that is shorter
     max_samples: int | None = None
     seed: int = 42
     resume_from_checkpoint: str | None = None
@@ -90,7 +93,7 @@ class FinetuneArguments:
         positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                     "logging_steps", "save_steps", "cutoff_len", "lora_rank", "nan_patience")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.eval_steps is not None and self.eval_steps <= 0:
             raise ValueError(f"--eval_steps must be positive, got {self.eval_steps}")
@@ -111,6 +114,21 @@ class FinetuneArguments:
                                  f"eval loss")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+    def resolve_cutoff_len(self, context: int | None) -> tuple[int, str | None]:
+        """(cutoff length, log line or None) for a model of ``context`` positions (None: no limit).
+
+        An unset ``--cutoff_len`` is :data:`DEFAULT_CUTOFF_LEN`, lowered to the context when that is shorter
+        (the log line says so); an explicit value longer than the context is refused."""
+        if self.cutoff_len is None:
+            if context is not None and context < DEFAULT_CUTOFF_LEN:
+                return context, (f"--cutoff_len not given: using the model's context of {context} tokens (the "
+                                 f"default {DEFAULT_CUTOFF_LEN} does not fit)")
+            return DEFAULT_CUTOFF_LEN, None
+        if context is not None and self.cutoff_len > context:
+            raise ValueError(f"--cutoff_len {self.cutoff_len} exceeds the model's context of {context} tokens "
+                             f"(leave it unset to use {min(context, DEFAULT_CUTOFF_LEN)})")
+        return self.cutoff_len, None
 
     @property
     def eval_steps_resolved(self) -> int:
@@ -182,7 +200,8 @@ _FLAGS: list[tuple[str, Any, str, Sequence[str] | None, Sequence[str]]] = [
     ("bf16", bool, "bfloat16 autocast", None, ()),
     ("deepspeed", str, "DeepSpeed JSON config: ZeRO-2/3 -> sharded training (FSDP2), else data parallel (DDP)",
      None, ()),
-    ("cutoff_len", int, "maximum tokens per training sequence", None, ()),
+    ("cutoff_len", int, f"maximum tokens per training sequence (default: {DEFAULT_CUTOFF_LEN}, or the model's "
+     "context when that is shorter)", None, ()),
     ("max_samples", int, "use at most this many records per dataset (quick runs)", None, ()),
     ("seed", int, "seed of initialisation, data order and dropout", None, ()),
     ("resume_from_checkpoint", str, "a checkpoint-N folder, or 'last' / 'true' for the newest in --output_dir",

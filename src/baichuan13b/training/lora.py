@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..checkpoint import _atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFE = "adapter_model.safetensors"
@@ -186,7 +186,7 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, settings: LoraSett
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = state if state is not None else adapter_state_dict(model)
-    _atomic_write(folder / ADAPTER_SAFE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(folder / ADAPTER_SAFE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(settings.to_peft_config(), indent=2) + "\n")
     return folder
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ..checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 
 def smooth(values: Sequence[float], weight: float | None = None) -> list[float]:

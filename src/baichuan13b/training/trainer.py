@@ -30,8 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import _atomic_write, _fsync_dir, atomic_write_text, load_model, \
-    resolve_model_path
+from ..config import ModelConfig
+from ..files import atomic_write, atomic_write_text, fsync_dir
+from ..hub import resolve_model_path
+from ..loading import load_model
 from ..tokenizer import BaichuanTokenizer
 from . import distributed as D
 from .arguments import FinetuneArguments
@@ -111,7 +113,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_torch(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _as_float(t: torch.Tensor) -> float:
@@ -135,6 +137,8 @@ class Trainer:
         if self.engine == "fsdp2" and args.finetuning_type == "lora":
             raise ValueError("--distributed_engine fsdp2 is for full fine-tuning; LoRA trains with ddp")
         self.resume_dir = self._resolve_resume()
+        # Resolved now, before the model is loaded: an unknown dataset or a missing file costs no loading time.
+        self.dataset_specs = resolve_datasets(args.dataset, args.dataset_dir)
         self.lora: LoraSettings | None = None
         self.log_records: list[dict[str, Any]] = []
 
@@ -188,10 +192,12 @@ class Trainer:
         # base in the compute dtype and the adapters in float32.
         dtype = torch.float32 if full or not (a.fp16 or a.bf16) else (torch.float16 if a.fp16 else torch.bfloat16)
         source = self.resume_dir if (full and self.resume_dir is not None) else base
+        # Flags bounded by the model are checked on its config.json, before the weights are read.
+        config = ModelConfig.from_pretrained(source)
+        a.cutoff_len, note = a.resolve_cutoff_len(config.max_position)
+        if note:
+            self._log(note)
         model = load_model(source, torch_dtype=dtype, device_map=str(info.device), progress=False)
-        if a.cutoff_len > model.config.max_position:
-            raise ValueError(f"--cutoff_len {a.cutoff_len} exceeds the model's context of "
-                             f"{model.config.max_position} tokens")
         if full:
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -216,7 +222,7 @@ class Trainer:
 
     def _load_data(self) -> None:
         a = self.args
-        specs = resolve_datasets(a.dataset, a.dataset_dir)
+        specs = self.dataset_specs
         if a.stage == "pt":
             examples = load_pt_examples(specs, self.tokenizer, self.chat_ids.eos_token_id, a.cutoff_len)
         else:
@@ -506,7 +512,7 @@ class Trainer:
                 shutil.rmtree(old)
             else:
                 tmp.rename(final)
-            _fsync_dir(self.out)
+            fsync_dir(self.out)
         D.barrier(self.info)
         return final
 
@@ -543,7 +549,7 @@ class Trainer:
         if self.lora is not None:
             load_adapter(raw, ckpt, trainable=True)
             return
-        from ..checkpoint import find_weight_files, iter_tensors
+        from ..weights import find_weight_files, iter_tensors
 
         sd: dict[str, torch.Tensor] = {}
         for file in find_weight_files(ckpt).files:
