@@ -175,7 +175,7 @@ def chat(
     input_ids = build_chat_input(model, tokenizer, messages, generation_config=cfg)
     pieces = stream_prompt(model, tokenizer, input_ids[0].tolist(), cfg, prefix_cache)
     if stream:
-        return _cumulative(pieces)
+        return cumulative_text(pieces)
     return "".join(pieces)
 
 
@@ -201,7 +201,8 @@ def stream_prompt(model: "BaichuanForCausalLM", tokenizer: Any, prompt: list[int
         events.close()
 
 
-def _cumulative(pieces: Iterator[str]) -> Iterator[str]:
+def cumulative_text(pieces: Iterator[str]) -> Iterator[str]:
+    """The text so far after each new piece of a stream; closing it closes the stream."""
     text = ""
     try:
         for piece in pieces:

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..chat import build_chat_input, chat, stream_prompt
+from ..chat import build_chat_input, chat, cumulative_text, stream_prompt
 from ..checkpoint import DEMO_NAME
 from ..cli.common import add_model_arguments, add_sampling_arguments, display_name, load, sampling_overrides
 from ..generation import GenerationConfig
@@ -342,14 +342,8 @@ def stream_continuation(model: Any, tokenizer: Any, messages: list[dict[str, str
     prompt = build_chat_input(model, tokenizer, messages, generation_config=cfg)  # [1, n]
     done = torch.tensor([tokenizer.encode(partial, add_special_tokens=False)], dtype=torch.long,
                         device=prompt.device)  # [1, m]
-    text = ""
-    pieces = stream_prompt(model, tokenizer, torch.cat([prompt, done], dim=1)[0].tolist(), cfg, prefix_cache)
-    try:
-        for piece in pieces:
-            text += piece
-            yield text
-    finally:
-        pieces.close()
+    yield from cumulative_text(stream_prompt(model, tokenizer, torch.cat([prompt, done], dim=1)[0].tolist(), cfg,
+                                             prefix_cache))
 
 
 class TokenCounter:
