@@ -687,8 +687,19 @@ def test_chat_tools_copy_regenerate_edit_reload_stats_system(browser, server, lo
 
     # regenerate: the last answer is asked again (greedy: the same text), the history does not grow
     a.page.keyboard.press("Escape")
+    before = stats.text_content()  # its speed figure differs for the regenerated answer
+    seen_stop = []
+    stop = a.page.get_by_role("button", name=LABELS["stop"])
+
+    def regenerated():  # the answer was asked again and has finished streaming (no cursor, its stats shown)
+        if stop.count():
+            seen_stop.append(True)
+        last = a.bubbles().last.get_by_text("tokens/s")
+        return (a.ready() and a.bubbles().count() == 5 and last.count() == 1 and "▌" not in a.texts()[-1]
+                and (seen_stop or last.text_content() != before))
+
     a.page.get_by_role("button", name=LABELS["regenerate"]).click()
-    wait_until(lambda: a.ready() and a.bubbles().count() == 5, "the regenerated answer")
+    wait_until(regenerated, "the regenerated answer")
     assert same_text(a.texts()[-1], expected_second)
 
     # edit the first question and send it again: the chat restarts from there
