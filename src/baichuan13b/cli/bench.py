@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from ..bench.speed import prepare
-from .common import add_dtype_argument, device_arg, model_arg
+from .common import add_dtype_argument, add_weight_layout_arguments, device_arg, model_arg
 
 HELP = "measure decode speed against the memory-bandwidth roofline"
 
@@ -38,11 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--quantize", default=None, choices=["int8", "int4"],
                    help="weight-only quantization, as every other command (int4: --group-size)")
-    p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    add_weight_layout_arguments(p)
     p.add_argument("--quantize-lm-head", action="store_true", help="with --quantize: lm_head quantized too")
-    p.add_argument("--no-prepack", dest="prepack", action="store_false",
-                   help="CPU: keep weights in PyTorch's layout (default: bfloat16 prepacked for oneDNN, as chat/serve "
-                        "load)")
     p.add_argument("--against-llama-cpp", default=None, metavar="LLAMA_BENCH",
                    help="path of llama.cpp's llama-bench: export the same random weights to GGUF and compare "
                         "decode and prefill per precision, alternating runs (see docs/benchmarks.md)")

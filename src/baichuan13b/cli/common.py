@@ -200,6 +200,14 @@ def display_name(args: argparse.Namespace) -> str:
     return model_display_name(getattr(args, "model", None) or default_model())
 
 
+def add_weight_layout_arguments(g: Any) -> None:
+    """``--group-size`` and ``--no-prepack``: how loaded weights are laid out (every loading command and bench)."""
+    g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    g.add_argument("--no-prepack", dest="prepack", action="store_false",
+                   help="CPU: keep the weights in PyTorch's layout (default: bfloat16 linear weights are "
+                        "prepacked for oneDNN, faster decoding; see docs/performance.md)")
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None, type=model_arg,
@@ -216,10 +224,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantize", default=None, choices=["int8", "int4"],
                    help="quantize the weights while loading (weight-only int8 per channel, or int4 group-wise); "
                         "a folder written by `baichuan quantize` is loaded as saved")
-    g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
-    g.add_argument("--no-prepack", dest="prepack", action="store_false",
-                   help="CPU: keep the weights in PyTorch's layout (default: bfloat16 linear weights are "
-                        "prepacked for oneDNN, faster decoding; see docs/performance.md)")
+    add_weight_layout_arguments(g)
     g.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder (PEFT format: adapter_config.json + adapter_model.safetensors/.bin) "
                         "applied on top of --model")
