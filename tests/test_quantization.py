@@ -126,6 +126,60 @@ def test_int4_kernel_layout_converts_back_exactly():
     assert y.shape == (2, 64)
 
 
+needs_fbgemm = pytest.mark.skipif(not QF.int8_fbgemm_available(), reason="fbgemm's int8 GEMM is not usable here")
+
+
+@needs_fbgemm
+def test_int8_fbgemm_product_is_exact_weight_only_maths():
+    # The CPU int8 kernel must compute the weight-only product (float activations), not an 8-bit-activation
+    # one: rows with a 1e4 outlier, an all-zero row and tiny values all match float64 to float32 rounding.
+    torch.manual_seed(0)
+    q = torch.randint(-127, 128, (160, 512), dtype=torch.int8)
+    scales = (torch.rand(160) * 0.01 + 1e-3).to(torch.bfloat16)
+    x = torch.randn(5, 512).to(torch.bfloat16)
+    x[1, 7] = 1e4  # an outlier channel: 8-bit activations would lose every other element of this row
+    x[2] = 0
+    x[3] *= 1e-20
+    packed = QF.pack_int8_for_fbgemm(q, scales)
+    y = QF.int8_fbgemm_mm(x, packed)
+    exact = x.double() @ (q.double() * scales.double()[:, None]).t()
+    for row in range(5):
+        err = (y[row].double() - exact[row]).abs().max().item()
+        assert err <= 1e-5 * exact[row].abs().max().item(), row
+    assert torch.equal(y[2], torch.zeros(160))
+    # Each row on its own gives the same numbers as in the batch (a served stream does not depend on the others).
+    assert all(torch.equal(QF.int8_fbgemm_mm(x[r:r + 1], packed)[0], y[r]) for r in range(5))
+    codes, back = QF.unpack_int8_from_fbgemm(packed)
+    assert torch.equal(codes, q) and torch.equal(back.to(torch.bfloat16), scales)
+
+
+@needs_fbgemm
+def test_int8_fbgemm_layout_converts_back_and_keeps_one_copy():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * 0.05
+    module = WeightOnlyInt8Linear.from_float(w, torch.bfloat16)
+    stored = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    reference = F.linear(x.double(), module.dequantize(torch.float64)).float()
+    y = module(x)  # packs for fbgemm and drops the stored codes
+    assert module.kernel == "fbgemm" and module.weight is None
+    assert torch.allclose(y.float(), reference, rtol=1e-2, atol=1e-3)  # bfloat16 output rounding only
+    assert module.nbytes_by_dtype()[torch.int8] == 64 * 256  # the packed weight, counted once
+    assert weight_bytes_by_dtype(torch.nn.Sequential(module))["int8"] == 64 * 256
+    state = module.state_dict()
+    assert set(state) == {"weight", "scales"} and all(torch.equal(state[k], stored[k]) for k in stored)
+    fresh = WeightOnlyInt8Linear(256, 64, dtype=torch.bfloat16)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(x), y)
+    module.to(torch.bfloat16)  # a move converts back to the stored form
+    assert module.kernel is None and torch.equal(module.weight, stored["weight"])
+    # Inputs that need gradients (LoRA over an int8 base) take the differentiable path.
+    xg = x.float().requires_grad_()
+    module32 = WeightOnlyInt8Linear.from_float(w, torch.float32)
+    module32(xg).sum().backward()
+    assert xg.grad is not None and module32.kernel is None
+
+
 # ----------------------------------------------------------------------------------------------- model level
 def test_logits_quality_and_official_names(float_dir, reference, ids):
     int8 = BaichuanForCausalLM.from_pretrained(float_dir, quantize="int8", progress=False)

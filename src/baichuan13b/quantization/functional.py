@@ -9,14 +9,18 @@ Stored formats (device independent; what ``state_dict`` holds and checkpoints co
   column), ``scales`` and ``zeros`` [out, in / g]; ``w ~= (q - 8) * scale + zero`` for code ``q`` in 0..15
   (the "zero in the float domain" convention of the tinygemm kernels, so no conversion is needed for them).
 
-Kernels (chosen per call by :func:`int8_linear` / the int4 module): PyTorch's packed weight-only kernels
-``aten._weight_int8pack_mm`` (CPU; CUDA where the installed torch has it), ``aten._weight_int4pack_mm_for_cpu``
+Kernels (chosen per call by the modules and :func:`int8_linear`): int8 on CPU, fbgemm's integer GEMM with the
+activations written exactly as three 8-bit digits (:func:`int8_fbgemm_mm`: weight-only results, to float32
+rounding); PyTorch's packed weight-only kernels ``aten._weight_int8pack_mm`` (CPU without fbgemm; CUDA where
+the installed torch has it), ``aten._weight_int4pack_mm_for_cpu``
 (CPU) and ``aten._weight_int4pack_mm`` (CUDA, tinygemm, sm80+, bfloat16 activations). Elsewhere a plain
 dequantize-then-matmul over blocks of output rows gives the same results without ever materialising the whole
 dequantized weight.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +155,106 @@ def int8_kernel_available(device: torch.device) -> bool:
         except NotImplementedError:
             _INT8_KERNEL_DEVICES["cuda"] = False
     return _INT8_KERNEL_DEVICES["cuda"]
+
+
+# ----------------------------------------------------------------- int8 on CPU: fbgemm's integer GEMM, exactly
+# fbgemm multiplies uint8 activations by int8 weights with integer accumulation (VNNI), at about twice the speed
+# of ``_weight_int8pack_mm`` for the one row of a decode step (it streams the weight near the memory bandwidth,
+# where the int8pack kernel is bound by converting weights to floats). Its dynamic linear quantizes activations
+# to 8 bits, which on its own would change the numbers (weight-only int8 keeps activations in floating point). So
+# each activation row is first written exactly enough in three base-254 digits of at most 127 in magnitude:
+#     x / s = hi + mid / 254 + lo / 254**2,   s = max|x| / 127 (per row),
+# a 22-bit fixed-point form (its error, max|x| / 16.4e6, is below bfloat16's rounding of any element within
+# 2**15 of the row's largest); the three digit rows are multiplied by the weight in one call and recombined. One
+# guard row (-127.5 and 127.5) pins fbgemm's own activation scale to exactly 1 (zero point 128), so the digits
+# reach the integer GEMM unchanged. The products are exact integers, so the result is the weight-only product
+# to float32 rounding, row by row (independent of the other rows of a batch).
+_INT8_DIGIT = 254.0
+_FBGEMM_STATE: dict[str, bool] = {}
+
+
+def _fbgemm_ops_present() -> bool:
+    quantized = getattr(torch.ops, "quantized", None)
+    return (quantized is not None and hasattr(torch, "_make_per_channel_quantized_tensor")
+            and "fbgemm" in torch.backends.quantized.supported_engines
+            and hasattr(torch.ops.quantized, "linear_prepack") and hasattr(torch.ops.quantized, "linear_dynamic"))
+
+
+def int8_fbgemm_available() -> bool:
+    """Whether the exact fbgemm int8 GEMM (:func:`int8_fbgemm_mm`) works here: the ops exist, the quantized
+    engine is fbgemm or x86, and a self-check with the largest digits and weights (where CPUs without VNNI
+    saturate 16-bit sums) gives the exact integer products. Checked once per process."""
+    if "ok" not in _FBGEMM_STATE:
+        ok = _fbgemm_ops_present() and torch.backends.quantized.engine in ("fbgemm", "x86")
+        if ok:
+            g = torch.Generator().manual_seed(0)
+            q = torch.randint(-127, 128, (32, 256), dtype=torch.int8, generator=g)
+            q[0] = 127
+            q[1] = -127
+            scales = torch.ones(32)
+            x = torch.randn(3, 256, generator=g)
+            x[0] = 1.0  # every digit at +127: the saturating case
+            x[1, ::2], x[1, 1::2] = 1.0, -1.0
+            y = int8_fbgemm_mm(x, pack_int8_for_fbgemm(q, scales))
+            ok = bool(torch.allclose(y.double(), x.double() @ q.double().t(), rtol=1e-5, atol=1e-5))
+        _FBGEMM_STATE["ok"] = ok
+    return _FBGEMM_STATE["ok"]
+
+
+def pack_int8_for_fbgemm(q: torch.Tensor, scales: torch.Tensor):
+    """int8 codes [N, K] + per-row scales [N] -> fbgemm's packed weight (an opaque ``torch.ScriptObject``
+    holding the only copy: :func:`unpack_int8_from_fbgemm` gives the codes back exactly)."""
+    zero_points = torch.zeros(q.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch >= 2.10 warns that quantized tensors are deprecated: only this
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+        qweight = torch._make_per_channel_quantized_tensor(q.contiguous(), scales.double(), zero_points, 0)
+    return torch.ops.quantized.linear_prepack(qweight, None)  # transient argument: packing copies it
+
+
+def unpack_int8_from_fbgemm(packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q int8 [N, K], scales float64 [N])`` of a weight packed by :func:`pack_int8_for_fbgemm`."""
+    qweight, _ = torch.ops.quantized.linear_unpack(packed)
+    return qweight.int_repr(), qweight.q_per_channel_scales()
+
+
+def int8_digits(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``x2`` [M, K] as integer digits for :func:`int8_fbgemm_mm`: ``(rows [3M + 1, K] float32: hi, mid,
+    lo digit rows then the guard row; row scales [M, 1] float32)``."""
+    M, K = x2.shape
+    a = x2.to(torch.float32, copy=True)  # [M, K], worked on in place
+    # max|x| / 127, kept above 0 (an all-zero row then has digits 0); float32 is exact for every digit below.
+    scale = torch.linalg.vector_norm(a, float("inf"), dim=-1, keepdim=True).div_(127.0).clamp_min_(1e-38)  # [M, 1]
+    a.div_(scale)  # |a| <= 127
+    rows = torch.empty(3 * M + 1, K, dtype=torch.float32)
+    hi, mid, lo = rows[:M], rows[M:2 * M], rows[2 * M:3 * M]
+    torch.round(a, out=hi)
+    torch.sub(a, hi, alpha=1, out=a).mul_(_INT8_DIGIT)  # remainder, |a| <= 127 again
+    torch.round(a, out=mid)
+    torch.sub(a, mid, alpha=1, out=a).mul_(_INT8_DIGIT)
+    torch.round(a, out=lo)
+    rows[3 * M].copy_(_guard_row(K))
+    return rows, scale
+
+
+_GUARD_ROWS: dict[int, torch.Tensor] = {}
+
+
+def _guard_row(K: int) -> torch.Tensor:
+    if K not in _GUARD_ROWS:
+        guard = torch.zeros(K)
+        guard[0], guard[1] = -127.5, 127.5
+        _GUARD_ROWS[K] = guard
+    return _GUARD_ROWS[K]
+
+
+def int8_fbgemm_mm(x2: torch.Tensor, packed) -> torch.Tensor:
+    """``x2 [M, K] @ (q * scales).T`` -> [M, N] float32 through fbgemm, exact to float32 rounding (see above)."""
+    M = x2.shape[0]
+    rows, scale = int8_digits(x2)
+    y = torch.ops.quantized.linear_dynamic(rows, packed, False)  # [3M + 1, N]: digit rows times the weight
+    out = torch.add(y[M:2 * M], y[2 * M:3 * M], alpha=1.0 / _INT8_DIGIT)
+    out = torch.add(y[:M], out, alpha=1.0 / _INT8_DIGIT)
+    return out.mul_(scale)  # [M, N]
 
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:

@@ -5,7 +5,8 @@ They keep the replaced module's name, so parameter paths stay official: a quanti
 as persistent buffers, exactly what checkpoints store (see :mod:`baichuan13b.quantization.functional`).
 
 ``WeightOnlyInt4Linear`` converts its weight to the packed layout of the CPU or CUDA int4 kernel on its first
-forward pass and then drops the stored form (never both in memory). ``state_dict``, ``load_state_dict`` and
+forward pass, and ``WeightOnlyInt8Linear`` on CPU to fbgemm's, and then drop the stored form (never both in
+memory). ``state_dict``, ``load_state_dict`` and
 device or dtype moves (``.to``) convert back, exactly, so the module always saves the device-independent form.
 """
 
@@ -23,11 +24,16 @@ from .functional import (
     int4_kernel_kind,
     int4_kernel_mm,
     int4_linear_reference,
+    int8_fbgemm_available,
+    int8_fbgemm_mm,
     int8_linear,
+    int8_linear_reference,
     pack_int4_for_kernel,
+    pack_int8_for_fbgemm,
     quantize_int4,
     quantize_int8,
     unpack_int4_from_kernel,
+    unpack_int8_from_fbgemm,
 )
 
 
@@ -65,8 +71,12 @@ class _Quantized(nn.Module):
 class WeightOnlyInt8Linear(_Quantized):
     """``y = x @ (weight * scales[:, None]).T``: int8 weight [out, in], per-output-channel ``scales`` [out].
 
-    Forward goes through ``aten._weight_int8pack_mm`` where the device has it (CPU; CUDA on newer torch) and
-    otherwise through a dequantize-matmul over blocks of rows; the full dequantized weight never exists.
+    On CPU the first inference forward pass hands the weight to fbgemm's packed layout (:func:`int8_fbgemm_mm`:
+    integer GEMM, exact to float32 rounding, faster decoding) and drops the stored form; inputs that need
+    gradients (LoRA over an int8 model) take the differentiable path below instead; ``state_dict``,
+    ``load_state_dict`` and device or dtype moves convert back, exactly. Elsewhere forward goes through
+    ``aten._weight_int8pack_mm`` where the device has it (CUDA on newer torch) and otherwise through a
+    dequantize-matmul over blocks of rows; the full dequantized weight never exists.
     """
 
     bits = 8
@@ -77,6 +87,8 @@ class WeightOnlyInt8Linear(_Quantized):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=dtype, device=device))
+        self._packed = None  # fbgemm's packed weight while ``weight`` is None (CPU kernel layout)
+        self._packed_size: torch.Tensor | None = None  # a meta int8 tensor of its size, for byte accounting
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, dtype: torch.dtype, name: str = "weight") -> "WeightOnlyInt8Linear":
@@ -90,13 +102,67 @@ class WeightOnlyInt8Linear(_Quantized):
     def set_float_weight(self, weight: torch.Tensor, name: str = "weight") -> None:
         """Quantize ``weight`` [out, in] (on its device) into this module's buffers."""
         _check_weight(name, weight, (self.out_features, self.in_features))
+        self._unpack_kernel()
         self.weight, self.scales = quantize_int8(weight, self.scales.dtype)
 
+    # ----------------------------------------------------------------- kernel layout <-> stored form
+    @property
+    def kernel(self) -> str | None:
+        """``"fbgemm"`` while the weight is held in fbgemm's packed layout, else None."""
+        return "fbgemm" if self._packed is not None else None
+
+    def _pack_kernel(self) -> None:
+        self._packed = pack_int8_for_fbgemm(self.weight, self.scales)
+        self._packed_size = torch.empty(self.out_features, self.in_features, dtype=torch.int8, device="meta")
+        self.weight = None
+
+    def _stored_weight(self) -> torch.Tensor:
+        if self._packed is None:
+            return self.weight
+        return unpack_int8_from_fbgemm(self._packed)[0]
+
+    def _unpack_kernel(self) -> None:
+        if self._packed is not None:
+            self.weight = self._stored_weight()
+            self._packed = self._packed_size = None
+
+    def _held_tensors(self) -> list[torch.Tensor]:
+        held = super()._held_tensors()
+        return held + [self._packed_size] if self._packed is not None else held
+
+    def _apply(self, fn, recurse: bool = True):
+        # The packed layout is CPU and fbgemm specific: move (or cast) the stored form, repack on the next forward.
+        self._unpack_kernel()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self._packed is None:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self._stored_weight()
+        destination[prefix + "scales"] = self.scales
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._unpack_kernel()
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- maths
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight [out, in] these codes stand for."""
-        return dequantize_int8(self.weight, self.scales, dtype or self.scales.dtype)
+        return dequantize_int8(self._stored_weight(), self.scales, dtype or self.scales.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():  # no kernel has a derivative: dequantize-matmul
+            self._unpack_kernel()
+            return int8_linear_reference(x, self.weight, self.scales)
+        use_fbgemm = self.use_kernel and x.device.type == "cpu" and self.scales.device.type == "cpu" \
+            and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and int8_fbgemm_available()
+        if use_fbgemm:
+            if self._packed is None:
+                self._pack_kernel()
+            x2 = x.reshape(-1, self.in_features)  # [M, K]
+            y = int8_fbgemm_mm(x2, self._packed)  # [M, N] float32
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        self._unpack_kernel()
         return int8_linear(x, self.weight, self.scales, use_kernel=self.use_kernel)
 
     def extra_repr(self) -> str:
