@@ -191,7 +191,7 @@ def stream_prompt(model: "BaichuanForCausalLM", tokenizer: Any, prompt: list[int
 
     max_new = _new_token_budget(model, len(prompt), int(cfg.max_new_tokens))  # errors as generate's
     engine = chat_engine(model, tokenizer)
-    generator = None if cfg.greedy or cfg.seed is not None else global_generator(model.lm_head.weight.device)
+    generator = None if cfg.greedy or cfg.seed is not None else global_generator(model.logits_device)
     events = engine.stream(prompt, cfg, max_new, prefix_cache=prefix_cache, generator=generator, tokenizer=tokenizer)
     try:
         for event in events:

@@ -470,6 +470,16 @@ class BaichuanForCausalLM(nn.Module):
         return self.model.embed_tokens.weight.device
 
     @property
+    def logits_device(self) -> torch.device:
+        """Device of ``lm_head`` (where logits are computed); also right while a quantized ``lm_head`` holds its
+        weight in a kernel layout (no ``weight`` tensor then)."""
+        head = self.lm_head
+        tensor = next(iter(head.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(head.buffers()))
+        return tensor.device
+
+    @property
     def dtype(self) -> torch.dtype:
         """The compute dtype (that of the final norm: also right when the embeddings are quantized)."""
         return self.model.norm.weight.dtype
@@ -544,7 +554,7 @@ class BaichuanForCausalLM(nn.Module):
             hidden = hidden[rows, cache.last.to(hidden.device)][:, None]  # [B, 1, hidden]
         elif logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        hidden = hidden.to(self.lm_head.weight.device)
+        hidden = hidden.to(self.logits_device)
         logits = self.lm_head(hidden)  # [B, T, vocab]
         loss = None
         if labels is not None:

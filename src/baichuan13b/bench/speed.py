@@ -93,10 +93,16 @@ def random_model(config: ModelConfig, dtype: torch.dtype, device: torch.device |
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
     """Bytes of weights read by one decode step: everything but the embedding table (one row is read)."""
     total = 0
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name == "model.embed_tokens.weight" or name.endswith(("alibi_slopes", "rope_inv_freq")):
+    for module_name, module in model.named_modules():
+        if module_name == "model.embed_tokens":
             continue
-        total += t.numel() * t.element_size()
+        if hasattr(module, "nbytes_by_dtype"):  # quantized: also counts a weight held in a kernel layout
+            total += sum(module.nbytes_by_dtype().values())
+            continue
+        for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if t is None or name in ("alibi_slopes", "rope_inv_freq"):
+                continue
+            total += t.numel() * t.element_size()
     return total
 
 

@@ -46,7 +46,7 @@ def sequence_nll(model: Any, ids: Sequence[int], window: int | None = None, stri
         first = max(1, scored_until - begin)
         for s in range(first, end - begin, LOGITS_CHUNK):
             e = min(s + LOGITS_CHUNK, end - begin)
-            h = hidden[0, s - 1: e - 1].to(model.lm_head.weight.device)  # [n, hidden] predicts tokens s..e-1
+            h = hidden[0, s - 1: e - 1].to(model.logits_device)  # [n, hidden] predicts tokens s..e-1
             logits = model.lm_head(h).float()  # [n, vocab]
             total += F.cross_entropy(logits, all_ids[begin + s: begin + e].to(logits.device), reduction="sum").item()
             count += e - s

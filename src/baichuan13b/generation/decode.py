@@ -192,7 +192,7 @@ def stream_tokens(
             raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape {[B, T]}")
         mask[:, :T] = attention_mask.to(device)
 
-    logits_device = model.lm_head.weight.device
+    logits_device = model.logits_device
     generator = None
     if cfg.seed is not None:
         generator = torch.Generator(device=logits_device)

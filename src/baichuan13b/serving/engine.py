@@ -196,7 +196,7 @@ class Engine:
         self.runner = ModelRunner(model, num_blocks, block_size)
         self.cache = self.runner.cache
         self.device = model.device
-        self.logits_device = model.lm_head.weight.device
+        self.logits_device = model.logits_device
         self.vocab_size = model.config.vocab_size
         self.metrics = metrics or ServerMetrics()
         self.metrics.add_gauge("baichuan_queue_depth", "Requests waiting to be admitted",
