@@ -4,9 +4,11 @@ computing every prompt whole, with far fewer tokens through the model."""
 import pytest
 import torch
 from test_evaluation import FIXTURES, tiny_model, tok  # noqa: F401  (tok is a fixture)
+from test_paged import ideal_tokens, tree_prompts
 
 from baichuan13b.evaluation import (
     EvalSettings,
+    Prompt,
     build_prompt,
     evaluate,
     get_benchmark,
@@ -61,3 +63,25 @@ def test_per_subject_accuracy_is_identical_with_and_without_reuse(tok, tmp_path)
         results[reuse] = {t: {s: v["accuracy"] for s, v in report["tasks"][t]["subjects"].items()}
                           for t in ("cmmlu", "mmlu")}
     assert results[True] == results[False]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_prompts_with_fewer_shots_still_share_their_longest_prefix(batch_size):
+    """Questions whose prompts keep different shots (as CMMLU's rule drops them per question) share the header and
+    every shot up to the first one that differs: each such block is computed once in the subject, whatever the
+    order of the prompts' lengths; and the scores are those of computing every prompt whole."""
+    rows = tree_prompts(count=30, seed=1, max_question=120)  # the shared blocks fit in one prompt's worth
+    prompts = [Prompt(text="", ids=r, shots=0, truncated=False) for r in rows]
+    model = tiny_model(6000, seed=2)
+    scores, counts = {}, {}
+    for reuse in (True, False):
+        counter = CountTokens(model)
+        scores[reuse] = torch.tensor(score_prompts(model, None, prompts, [10, 11, 12, 13], batch_size,
+                                                   prefix_cache=reuse))
+        counter.handle.remove()
+        counts[reuse] = counter.n
+    torch.testing.assert_close(scores[True], scores[False], atol=1e-5, rtol=1e-5)
+    if batch_size == 1:  # no padding: exactly the tokens that no earlier prompt computed
+        assert counts[True] == ideal_tokens(rows, 16)
+    else:
+        assert counts[True] <= 1.2 * ideal_tokens(rows, 16)  # rows of a batch have similar lengths

@@ -12,6 +12,7 @@ from baichuan13b.paged import (
     Scheduler,
     Sequence,
 )
+from baichuan13b.paged.batch_order import common_prefix, prefix_plan, shared_blocks
 from baichuan13b.paged.block_manager import chain_hash
 
 
@@ -148,6 +149,76 @@ def test_prefix_cache_off_shares_nothing():
     bm.free(a)
     bm.free(b)
     assert bm.num_cached == 0 and bm.num_free == 8
+
+
+def test_commit_can_register_only_the_first_blocks():
+    bm = BlockManager(num_blocks=8, block_size=2)
+    a = seq(range(7))  # three full blocks
+    bm.allocate(a)
+    a.num_computed = 7
+    bm.commit(a, max_blocks=1)
+    bm.free(a)
+    assert bm.num_cached == 1 and len(bm.match_prefix(list(range(7)))) == 1  # the others went back to free
+
+
+# ---------------------------------------------------------------------------------------------- batch order
+def test_common_prefix_and_shared_blocks():
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2]) == 2
+    head = list(range(100, 108))  # two blocks of 4
+    rows = [head + [1, 2, 3], [7] * 9, head[:4] + [9, 9, 9, 9, 9], head + [5, 6]]
+    # rows 0 and 3 share both head blocks, row 2 shares one with them, row 1 nothing
+    assert shared_blocks(rows, 4) == [2, 0, 1, 2]
+
+
+def tree_prompts(count=40, seed=0, max_question=30):
+    """Prompts built like k-shot prompts whose shots are dropped differently per question: a common header, one
+    of several shot sequences (sharing their first shot or not), then a question of its own; lengths shuffled so
+    that sorting by length interleaves the groups."""
+    g = torch.Generator().manual_seed(seed)
+    header = list(range(1000, 1011))
+    shots = [list(range(2000 + 100 * k, 2000 + 100 * k + 13 + 5 * k)) for k in range(4)]
+    groups = [shots[0] + shots[1] + shots[2], shots[0] + shots[2], shots[1] + shots[3], shots[3], []]
+    rows = []
+    for i in range(count):
+        n = int(torch.randint(1, max_question, (1,), generator=g))
+        rows.append(header + groups[i % len(groups)] + [5000 + i] + [7] * n)  # a unique first question token
+    return rows
+
+
+def ideal_tokens(rows, block_size):
+    """Tokens to compute when every block shared by two prompts is computed once (independent of the plan)."""
+    distinct, total = set(), 0
+    for i, r in enumerate(rows):
+        lcp = max(common_prefix(r, o) for j, o in enumerate(rows) if j != i)
+        need = min(lcp, len(r) - 1) // block_size
+        distinct.update(tuple(r[: k * block_size]) for k in range(1, need + 1))
+        total += len(r) - need * block_size
+    return total + block_size * len(distinct)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_prefix_plan_computes_every_shared_block_once(batch_size):
+    rows, bs = tree_prompts(), 4
+    plan = prefix_plan(rows, bs, batch_size)
+    assert sorted(i for b in plan.batches for i in b) == list(range(len(rows)))
+    assert all(len(b) <= batch_size for b in plan.batches)
+    per_prompt = max(-(-len(r) // bs) for r in rows)
+    bm = BlockManager(per_prompt * batch_size + plan.num_shared, bs)
+    computed_tokens = 0
+    for batch in plan.batches:
+        seqs = [seq(rows[i]) for i in batch]
+        for i, s in zip(batch, seqs):
+            bm.allocate(s)
+            assert s.num_cached == plan.reused[i]  # what the plan promised is in the cache
+            computed_tokens += s.num_pending
+        for i, s in zip(batch, seqs):
+            s.num_computed = len(s.token_ids)
+            bm.commit(s, max_blocks=plan.keep[i])
+            bm.free(s)
+    assert bm.evictions == 0
+    assert computed_tokens == ideal_tokens(rows, bs)
+    assert bm.num_cached == plan.num_shared
 
 
 # ---------------------------------------------------------------------------------------------- scheduler

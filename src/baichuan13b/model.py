@@ -89,22 +89,18 @@ class AttentionInputs:
     key_valid: torch.Tensor | None
     slopes: torch.Tensor | None  # [H] for ALiBi, None for RoPE
     rope_positions: torch.Tensor | None  # [B, T] token positions (padding-aware) for RoPE
-    # The last bias built, reused by the next layer asking for the same queries, dtype and device: a decode step
-    # (or a prefill of one query block) builds it once instead of once per layer. One entry only, so a long
-    # prefill never holds more than the block every layer already allocates.
-    _last_bias: tuple[tuple, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _whole: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def bias(self, i0: int, i1: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Additive attention bias for queries ``i0:i1``: [B or 1, H or 1, i1 - i0, S] (built once per forward
-        pass for each query block, dtype and device; treat it as read-only)."""
-        key = (i0, i1, dtype, device)
-        if self._last_bias is not None and self._last_bias[0] == key:
-            return self._last_bias[1]
-        bias = self._build_bias(i0, i1, dtype, device)
-        self._last_bias = (key, bias)
-        return bias
+        """Additive attention bias for queries ``i0:i1``: [B or 1, H or 1, i1 - i0, S].
 
-    def _build_bias(self, i0: int, i1: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        The bias of all the queries at once (``T <= ATTENTION_QUERY_BLOCK``) is the same for every layer, so it is
+        built once per forward pass, dtype and device, and kept for the next layers (one tensor alive between
+        layers, as big as the one each layer would build); blocks of a longer input are built per layer, so that
+        memory stays that of one block."""
+        whole = i0 == 0 and i1 == self.q_pos.shape[1]
+        if whole and (dtype, device) in self._whole:
+            return self._whole[(dtype, device)]
         q_pos = self.q_pos[:, i0:i1].to(device)  # [Bq, t]
         k_pos = self.k_pos.to(device)  # [S]
         rel = k_pos[None, None, :] - q_pos[:, :, None]  # [Bq, t, S], <= 0 for past keys
@@ -118,8 +114,10 @@ class AttentionInputs:
             bias = torch.zeros((1, 1) + allowed.shape[-2:], dtype=torch.promote_types(torch.float32, dtype),
                                device=device)
         # A finite minimum (not -inf) keeps fully padded query rows finite instead of NaN.
-        bias = bias.masked_fill(~allowed, torch.finfo(dtype).min)
-        return bias.to(dtype)
+        bias = bias.masked_fill(~allowed, torch.finfo(dtype).min).to(dtype)
+        if whole:
+            self._whole[(dtype, device)] = bias
+        return bias
 
 
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

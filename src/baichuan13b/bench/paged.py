@@ -1,6 +1,7 @@
 """Figures of the paged KV cache with prefix reuse (issue 14), each a ratio measured in one run.
 
     python -m baichuan13b.bench.paged [--figures 1,2,3,4] [--eval-data ../shared/eval-data] [--eval-limit N]
+        [--threads N]
 
 1. Capacity: 64 requests (~100 prompt + 64 new tokens) with the KV memory of 8 full-context slots: how many
    get their first token before any request finishes (the old slot-per-request cache: 8), and sequences held at
@@ -9,8 +10,9 @@
    without reuse (turn 10 / turn 1).
 3. Shared system prompt: 32 concurrent clients with the same 500-token system prompt: aggregate throughput and
    mean time to first token with vs without reuse.
-4. Evaluation: CMMLU 5-shot (test split) with the demo model: wall time with vs without reuse, and whether
-   every per-subject accuracy is identical.
+4. Evaluation: CMMLU 5-shot (test split) with the demo model: wall time with vs without reuse (subject by
+   subject, alternating), the token positions each computes, and whether every per-subject accuracy is
+   identical.
 
 Figures 1-3 use a random-weight model of the demo shape with a 4096-token context (ALiBi) and the demo
 tokenizer; the engine runs its steps on this thread (no HTTP), greedy decoding.
@@ -149,8 +151,23 @@ def figure_system_prompt(tok, clients: int = 32, system: int = 500, new: int = 3
             f"{on[1] * 1e3:.0f} vs {off[1] * 1e3:.0f} ms ({off[1] / on[1]:.2f}x faster) with vs without reuse"]
 
 
+class TokenCounter:
+    """Counts the token positions (padding included) that go through a model's trunk."""
+
+    def __init__(self, model: BaichuanForCausalLM):
+        self.n = 0
+        self.handle = model.model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args) -> None:
+        self.n += args[0].shape[0] * args[0].shape[1]
+
+
 def figure_eval(data_dir: Path, limit: int | None, batch_size: int, tokenizer: Path | None = None) -> list[str]:
-    from ..evaluation import EvalSettings, evaluate
+    """Both settings subject by subject, alternating which goes first (so that a change of machine load
+    between them touches both alike): the time of building and scoring each subject's prompts, summed over the
+    subjects (loading and the report, the same work in both, are left out)."""
+    from ..evaluation import EvalSettings
+    from ..evaluation.runner import evaluate_subject, plan_task
 
     if tokenizer is None:  # the demo model (512-token context: most prompts keep fewer than 5 shots)
         model = BaichuanForCausalLM.from_pretrained(DEMO_MODEL_DIR, progress=False)
@@ -160,22 +177,34 @@ def figure_eval(data_dir: Path, limit: int | None, batch_size: int, tokenizer: P
         tok = BaichuanTokenizer(tokenizer, pad_token="<unk>")
         model = random_model(tok)
         name = f"random demo-shaped model, {CONTEXT}-token context, tokenizer {tokenizer.name}"
-    walls, accs = {}, {}
+    settings = EvalSettings(split="test", shots=5, limit=limit, batch_size=batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        for reuse in (True, False):
-            settings = EvalSettings(split="test", shots=5, limit=limit, batch_size=batch_size, prefix_cache=reuse)
+        plan = plan_task(model, tok, "cmmlu", data_dir / "cmmlu", tmp, settings, model_name="demo")
+    walls = {True: 0.0, False: 0.0}
+    tokens = {True: 0, False: 0}
+    differ = []
+    questions = 0
+    for k, (subject, subject_questions, shots) in enumerate(plan.work):
+        accuracy = {}
+        for reuse in ((True, False) if k % 2 == 0 else (False, True)):
+            counter = TokenCounter(model)
+            settings.prefix_cache = reuse
             start = time.perf_counter()
-            report = evaluate(model, tok, ["cmmlu"], Path(tmp) / str(reuse), data_dir=data_dir / "cmmlu",
-                              settings=settings, model_name="demo", progress=False)
-            walls[reuse] = time.perf_counter() - start
-            t = report["tasks"]["cmmlu"]
-            accs[reuse] = {s: v["accuracy"] for s, v in t["subjects"].items()}
-            n = t["questions"]
-    same = accs[True] == accs[False]
-    return [f"4. CMMLU 5-shot test, {name}, {len(accs[True])} subjects, {n} questions"
-            f"{f' (first {limit} per subject)' if limit else ''}, batch {batch_size}: {walls[True]:.1f} s with "
-            f"vs {walls[False]:.1f} s without reuse = {walls[False] / walls[True]:.2f}x faster; per-subject "
-            f"accuracy identical: {same}"]
+            result, _ = evaluate_subject(model, tok, plan.bench, subject, shots, subject_questions, settings,
+                                         plan.letter_ids, plan.budget)
+            walls[reuse] += time.perf_counter() - start
+            counter.handle.remove()
+            tokens[reuse] += counter.n
+            accuracy[reuse] = result["accuracy"]
+        questions += len(subject_questions)
+        if accuracy[True] != accuracy[False]:
+            differ.append(subject)
+    return [f"4. CMMLU 5-shot test, {name}, {len(plan.work)} subjects, {questions} questions"
+            f"{f' (first {limit} per subject)' if limit else ''}, batch {batch_size}, subjects alternating: "
+            f"{walls[True]:.1f} s with vs {walls[False]:.1f} s without reuse = {walls[False] / walls[True]:.2f}x "
+            f"faster; token positions through the model {tokens[True]:,} vs {tokens[False]:,} "
+            f"({tokens[False] / tokens[True]:.2f}x); per-subject accuracy identical: "
+            f"{'yes' if not differ else 'NO, ' + ', '.join(differ)}"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,7 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-batch-size", type=int, default=4)
     p.add_argument("--eval-tokenizer", type=Path, default=None,
                    help="figure 4 with a random 4096-context model and this tokenizer.model instead of the demo")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's); 1 on a machine shared with other jobs, where a parallel "
+                        "op waits for a core at every step")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     figures = {int(f) for f in args.figures.split(",") if f.strip()}
     tok = BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "

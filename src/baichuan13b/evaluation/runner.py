@@ -143,37 +143,43 @@ def score_prompts(model: Any, tokenizer: Any, prompts: Sequence[Prompt], letter_
                   batch_size: int = 1, progress: Any = None, prefix_cache: bool = True) -> list[list[float]]:
     """Next-token logits of the four letters after each prompt, [len(prompts)][4] floats.
 
-    Prompts are sorted by length and run ``batch_size`` at a time through a paged KV cache
-    (:mod:`baichuan13b.paged`), keeping the logits of each prompt's last token. With ``prefix_cache`` a prompt
-    starts from the cached blocks of the prompts before it, so the header and shots that the questions of a
-    subject share are computed once; without it every prompt is computed whole. The scores are the same either
-    way (up to rounding).
+    Prompts run ``batch_size`` at a time through a paged KV cache (:mod:`baichuan13b.paged`), keeping the logits
+    of each prompt's last token. With ``prefix_cache`` every block of tokens that several prompts start with (the
+    header and shots that the questions of a subject share) is computed once, in the order of
+    :func:`baichuan13b.paged.batch_order.prefix_plan`, and each prompt computes only the rest; without it
+    prompts are sorted by length and computed whole. The scores are the same either way (up to rounding).
     """
     from ..paged import BlockManager, ModelRunner, Sequence as PagedSequence
+    from ..paged.batch_order import prefix_plan
 
     if not prompts:
         return []
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
     letters = torch.tensor(list(letter_ids), dtype=torch.long)
     out: list[list[float]] = [[] for _ in prompts]
     bs = SCORING_BLOCK_SIZE
     per_prompt = -(-max(len(p.ids) for p in prompts) // bs)
-    num_blocks = per_prompt * (min(batch_size, len(prompts)) + 1)  # a batch, and room for the cached prefix
+    rows = min(batch_size, len(prompts))
+    if prefix_cache:
+        plan = prefix_plan([p.ids for p in prompts], bs, batch_size)
+        batches, keep = plan.batches, plan.keep
+        # a batch, and the shared blocks up to one prompt's worth (more are rare; the least recently used of
+        # them are then evicted and recomputed when asked for again)
+        num_blocks = per_prompt * rows + min(plan.num_shared, per_prompt)
+    else:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].ids))
+        batches = [order[b: b + batch_size] for b in range(0, len(order), batch_size)]
+        keep, num_blocks = None, per_prompt * rows
     runner = ModelRunner(model, num_blocks, bs)
     blocks = BlockManager(num_blocks, bs, prefix_cache=prefix_cache)
-    # With reuse the first prompt runs alone, so that the prompts of the first batch already find the shots cached.
-    starts = [0] + list(range(1, len(order), batch_size)) if prefix_cache and batch_size > 1 else \
-        list(range(0, len(order), batch_size))
-    for b, e in zip(starts, starts[1:] + [len(order)]):
-        chunk = order[b:e]
+    for chunk in batches:
         seqs = [PagedSequence(token_ids=list(prompts[i].ids)) for i in chunk]
         for seq in seqs:
             blocks.allocate(seq)  # the longest cached prefix, new blocks for the rest
         logits = runner.run([(seq, seq.num_pending) for seq in seqs])  # [B, vocab]
-        for seq in seqs:
+        for i, seq in zip(chunk, seqs):
             seq.num_computed = len(seq.token_ids)
-            blocks.commit(seq)
-            blocks.free(seq)  # its full blocks stay cached for the next prompts
+            blocks.commit(seq, max_blocks=keep[i] if keep is not None else None)  # only what others reuse
+            blocks.free(seq)
         scores = logits[:, letters.to(logits.device)].float().cpu()  # [B, 4]
         for row, i in enumerate(chunk):
             out[i] = scores[row].tolist()

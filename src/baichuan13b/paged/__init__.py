@@ -7,6 +7,8 @@
   the newest sequence when blocks run out (pure Python);
 * :mod:`.runner`: :class:`ModelRunner`, the key/value pool (:class:`~baichuan13b.cache.PagedKVCache`) and one
   forward pass over a batch of sequences through their block tables.
+* :mod:`.batch_order`: :func:`~.batch_order.prefix_plan`, the order in which to run prompts known in advance
+  (``baichuan eval``) so that every block several of them share is computed once (pure Python).
 
 The serving engine, ``model.chat`` (the terminal chat and the web page) and ``baichuan eval`` all run on these.
 See docs/design.md ("Paged KV cache").

@@ -16,6 +16,7 @@ prefix match covers at most ``len(tokens) - 1`` positions.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Sequence as Seq
@@ -28,10 +29,11 @@ class OutOfBlocksError(RuntimeError):
 
 
 def chain_hash(previous: bytes | None, token_ids: Seq[int]) -> bytes:
-    """The hash of a full block: of the hash of everything before it and of its token ids (16-byte blake2b)."""
+    """The hash of a full block: of the hash of everything before it and of its token ids (16-byte blake2b over
+    the ids as little-endian int64)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(previous or b"")
-    h.update(b",".join(str(int(t)).encode() for t in token_ids))
+    h.update(struct.pack(f"<{len(token_ids)}q", *token_ids))
     return h.digest()
 
 
@@ -165,12 +167,15 @@ class BlockManager:
         return bid
 
     # ------------------------------------------------------------------ registration and release
-    def commit(self, seq: Sequence) -> None:
-        """Register ``seq``'s blocks that became full and computed (call after each forward pass)."""
+    def commit(self, seq: Sequence, max_blocks: int | None = None) -> None:
+        """Register ``seq``'s blocks that became full and computed (call after each forward pass); with
+        ``max_blocks`` only its first ``max_blocks`` blocks (a caller that knows which blocks later sequences
+        ask for keeps the others out of the cache, so they never push out one that is still needed)."""
         if not (self.prefix_cache and seq.prefix_cache):
             return
         bs = self.block_size
-        for i in range(len(seq.block_hashes), seq.num_computed // bs):
+        full = seq.num_computed // bs
+        for i in range(len(seq.block_hashes), full if max_blocks is None else min(full, max_blocks)):
             chunk = tuple(int(t) for t in seq.token_ids[i * bs: (i + 1) * bs])
             h = chain_hash(seq.block_hashes[-1] if seq.block_hashes else None, chunk)
             seq.block_hashes.append(h)
