@@ -68,7 +68,37 @@ class _Quantized(nn.Module):
         return [b for b in self._buffers.values() if b is not None]
 
 
-class WeightOnlyInt8Linear(_Quantized):
+class _KernelLayout(_Quantized):
+    """A linear whose weight may be held in a device-specific kernel layout instead of the stored form.
+
+    Subclasses define ``_unpack_kernel`` (back to the stored form, exactly) and ``_stored_state`` (the stored
+    tensors by name while in a kernel layout, else None). Moves and casts convert back first (the next forward
+    repacks on the new device), ``state_dict`` writes the stored form, ``load_state_dict`` replaces it.
+    """
+
+    def _unpack_kernel(self) -> None:
+        raise NotImplementedError
+
+    def _stored_state(self) -> dict[str, torch.Tensor] | None:
+        raise NotImplementedError
+
+    def _apply(self, fn, recurse: bool = True):
+        self._unpack_kernel()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        stored = self._stored_state()
+        if stored is None:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensor in stored.items():
+            destination[prefix + name] = tensor
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._unpack_kernel()
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class WeightOnlyInt8Linear(_KernelLayout):
     """``y = x @ (weight * scales[:, None]).T``: int8 weight [out, in], per-output-channel ``scales`` [out].
 
     On CPU the first inference forward pass hands the weight to fbgemm's packed layout (:func:`int8_fbgemm_mm`:
@@ -130,20 +160,8 @@ class WeightOnlyInt8Linear(_Quantized):
         held = super()._held_tensors()
         return held + [self._packed_size] if self._packed is not None else held
 
-    def _apply(self, fn, recurse: bool = True):
-        # The packed layout is CPU and fbgemm specific: move (or cast) the stored form, repack on the next forward.
-        self._unpack_kernel()
-        return super()._apply(fn, recurse)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self._packed is None:
-            return super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "weight"] = self._stored_weight()
-        destination[prefix + "scales"] = self.scales
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._unpack_kernel()
-        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _stored_state(self) -> dict[str, torch.Tensor] | None:
+        return None if self._packed is None else {"weight": self._stored_weight(), "scales": self.scales}
 
     # ----------------------------------------------------------------- maths
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -169,7 +187,7 @@ class WeightOnlyInt8Linear(_Quantized):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits=8"
 
 
-class WeightOnlyInt4Linear(_Quantized):
+class WeightOnlyInt4Linear(_KernelLayout):
     """``y = x @ W.T`` with ``W = (q - 8) * scale + zero`` per group of ``group_size`` input columns.
 
     Stored form: ``weight`` uint8 [out, in / 2], ``scales`` and ``zeros`` [out, in / group_size]. The first
@@ -244,20 +262,8 @@ class WeightOnlyInt4Linear(_Quantized):
         held = super()._held_tensors()
         return held + [self._kernel[1]] if self._kernel is not None else held
 
-    def _apply(self, fn, recurse: bool = True):
-        # Kernel layouts are device specific: move (or cast) the stored form, repack on the next forward.
-        self._unpack_kernel()
-        return super()._apply(fn, recurse)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self._kernel is None:
-            return super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name, tensor in zip(("weight", "scales", "zeros"), self._stored()):
-            destination[prefix + name] = tensor
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._unpack_kernel()
-        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _stored_state(self) -> dict[str, torch.Tensor] | None:
+        return None if self._kernel is None else dict(zip(("weight", "scales", "zeros"), self._stored()))
 
     # ----------------------------------------------------------------- maths
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
