@@ -93,3 +93,20 @@ def tiny_tokenizer_dir(tmp_path_factory):
         special[key] = entry
     (out / "special_tokens_map.json").write_text(_tok_json.dumps(special, indent=2), encoding="utf-8")
     return out
+
+
+# --- the serving tests' chat checkpoint (tests/serving_server.py), built and loaded once per session ----------
+@_tok_pytest.fixture(scope="session")
+def chat_folder(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny chat checkpoint in the official layout (answers run to their length: no eos)."""
+    from serving_server import build_chat_folder
+
+    return build_chat_folder(tmp_path_factory.mktemp("serving") / "model", tiny_tokenizer_dir)
+
+
+@_tok_pytest.fixture(scope="session")
+def chat_model(chat_folder):
+    """``(model in float64, tokenizer)`` of :func:`chat_folder`: shared, so tests must not change it."""
+    from serving_server import load_float64
+
+    return load_float64(chat_folder)

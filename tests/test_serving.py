@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serving_server import API_KEY, MODEL_NAME, RunningServer, build_chat_folder, load_float64, slowed
+from serving_server import API_KEY, MODEL_NAME, RunningServer, slowed
 
 from baichuan13b.chat import build_chat_input
 from baichuan13b.generation import GenerationConfig
@@ -21,18 +21,8 @@ USER = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_tokenizer_dir):
-    return build_chat_folder(tmp_path_factory.mktemp("serving") / "model", tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def loaded(folder):
-    return load_float64(folder)
-
-
-@pytest.fixture(scope="module")
-def server(loaded):
-    model, tok = loaded
+def server(chat_model):
+    model, tok = chat_model
     srv = RunningServer(model, tok, engine_kwargs=dict(max_batch=4, prefill_chunk=8))
     yield srv
     srv.close()
@@ -65,8 +55,8 @@ def test_models_lists_the_served_model(client):
     assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
 
 
-def test_chat_greedy_equals_model_chat_with_usage(client, loaded):
-    model, tok = loaded
+def test_chat_greedy_equals_model_chat_with_usage(client, chat_model):
+    model, tok = chat_model
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "你好"},
                 {"role": "assistant", "content": "hi"}, {"role": "user", "content": "The quick brown fox"}]
     r = client.chat.completions.create(model=MODEL_NAME, messages=messages, temperature=0, max_tokens=7)
@@ -78,15 +68,15 @@ def test_chat_greedy_equals_model_chat_with_usage(client, loaded):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (n_prompt, 7, n_prompt + 7)
 
 
-def test_chat_defaults_come_from_generation_config(client, loaded):
-    model, tok = loaded
+def test_chat_defaults_come_from_generation_config(client, chat_model):
+    model, tok = chat_model
     r = client.chat.completions.create(model=MODEL_NAME, messages=USER)
-    assert r.choices[0].message.content == model.chat(tok, USER)  # greedy, 10 new tokens: the folder's config
+    assert r.choices[0].message.content == model.chat(tok, USER)  # greedy, 10 new tokens: the checkpoint's config
     assert r.usage.completion_tokens == model.generation_config.max_new_tokens == 10
 
 
-def test_chat_stream_chunks_usage_and_done(server, loaded):
-    model, tok = loaded
+def test_chat_stream_chunks_usage_and_done(server, chat_model):
+    model, tok = chat_model
     payloads = raw_stream(server, "/v1/chat/completions", {
         "model": MODEL_NAME, "messages": USER, "stream": True, "max_tokens": 6, "temperature": 0,
         "stream_options": {"include_usage": True}})
@@ -103,16 +93,16 @@ def test_chat_stream_chunks_usage_and_done(server, loaded):
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
-def test_chat_stream_through_the_client(client, loaded):
-    model, tok = loaded
+def test_chat_stream_through_the_client(client, chat_model):
+    model, tok = chat_model
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model=MODEL_NAME, messages=USER, stream=True, max_tokens=9, temperature=0) if c.choices]
     assert "".join(pieces) == model.chat(tok, USER, max_new_tokens=9)
     assert len([p for p in pieces if p]) > 1  # really streamed, piece by piece
 
 
-def test_stop_string_ends_the_answer(client, loaded):
-    model, tok = loaded
+def test_stop_string_ends_the_answer(client, chat_model):
+    model, tok = chat_model
     full = model.chat(tok, USER, max_new_tokens=10)
     stop = full[3:5]
     r = client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=10, stop=[stop, "never-seen"])
@@ -124,9 +114,9 @@ def test_stop_string_ends_the_answer(client, loaded):
     assert streamed == r.choices[0].message.content
 
 
-def test_sampling_settings_and_seed_equal_model_chat(client, loaded):
+def test_sampling_settings_and_seed_equal_model_chat(client, chat_model):
     """Per-request temperature / top_p / top_k / repetition_penalty / seed, as model.chat applies them."""
-    model, tok = loaded
+    model, tok = chat_model
     settings = dict(temperature=0.9, top_p=0.95, seed=1234)
     extra = dict(top_k=30, repetition_penalty=1.3)
     answers = {client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=10, **settings,
@@ -143,8 +133,8 @@ def test_sampling_settings_and_seed_equal_model_chat(client, loaded):
                                                                      repetition_penalty=1.5)
 
 
-def test_completions_text_and_token_ids(client, loaded):
-    model, tok = loaded
+def test_completions_text_and_token_ids(client, chat_model):
+    model, tok = chat_model
     ids = tok.encode("The quick brown")
     out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[0, len(ids):].tolist()
     expected = tok.decode(out, skip_special_tokens=True)
@@ -158,9 +148,9 @@ def test_completions_text_and_token_ids(client, loaded):
     assert "".join(streamed) == expected
 
 
-def test_eos_finishes_with_stop_and_counts_the_eos_token(loaded):
+def test_eos_finishes_with_stop_and_counts_the_eos_token(chat_model):
     """Engine level: with the first greedy token declared eos, the answer is empty, 'stop', one token."""
-    model, tok = loaded
+    model, tok = chat_model
     ids = build_chat_input(model, tok, USER)[0].tolist()
     first = model.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False)[0, -1].item()
     engine = Engine(model, tok, max_batch=2).start()
@@ -180,7 +170,7 @@ def error_of(exc_info):
     return body
 
 
-def test_context_length_exceeded(client, loaded):
+def test_context_length_exceeded(client, chat_model):
     """Context 128: a prompt of n tokens leaves room for 129 - n new tokens (the last one is never read back)."""
     with pytest.raises(openai.BadRequestError) as e:  # more than the whole context: never possible
         client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=129)
@@ -234,9 +224,9 @@ def test_system_message_not_first_is_400(client):
     assert error_of(e)["param"] == "messages" and "system" in error_of(e)["message"]
 
 
-def test_completion_token_ids_outside_vocabulary(client, loaded):
+def test_completion_token_ids_outside_vocabulary(client, chat_model):
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=MODEL_NAME, prompt=[5, 6, loaded[0].config.vocab_size])
+        client.completions.create(model=MODEL_NAME, prompt=[5, 6, chat_model[0].config.vocab_size])
     assert error_of(e)["param"] == "prompt" and "vocabulary" in error_of(e)["message"]
 
 
@@ -287,8 +277,8 @@ def test_request_body_size_limit(server):
         assert r.status_code == 413
 
 
-def test_queue_full_is_429_with_retry_after(loaded):
-    model, tok = loaded
+def test_queue_full_is_429_with_retry_after(chat_model):
+    model, tok = chat_model
     srv = RunningServer(model, tok, engine_kwargs=dict(max_batch=1, max_queue=0))
     try:
         client = srv.client()
@@ -309,8 +299,8 @@ def test_queue_full_is_429_with_retry_after(loaded):
         srv.close()
 
 
-def test_shutdown_drains_503_while_in_flight_requests_finish(loaded):
-    model, tok = loaded
+def test_shutdown_drains_503_while_in_flight_requests_finish(chat_model):
+    model, tok = chat_model
     srv = RunningServer(model, tok, engine_kwargs=dict(max_batch=2))
     expected = model.chat(tok, USER, max_new_tokens=60)
     received = {}
@@ -342,8 +332,8 @@ def test_shutdown_drains_503_while_in_flight_requests_finish(loaded):
         srv.close()
 
 
-def test_error_after_streaming_began_is_sent_in_the_stream(server, loaded, monkeypatch):
-    model, tok = loaded
+def test_error_after_streaming_began_is_sent_in_the_stream(server, chat_model, monkeypatch):
+    model, tok = chat_model
     calls = {"n": 0}
     forward = model.forward
 
@@ -368,11 +358,11 @@ def test_error_after_streaming_began_is_sent_in_the_stream(server, loaded, monke
     assert server.client().chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=3).choices
 
 
-def test_non_streaming_client_disconnect_aborts(server, loaded):
+def test_non_streaming_client_disconnect_aborts(server, chat_model):
     body = json.dumps({"model": MODEL_NAME, "messages": USER, "max_tokens": 110}).encode()
     host, port = server.base_url.removeprefix("http://").split(":")
     aborted_before = server.engine.metrics.finished.value("abort")
-    with slowed(loaded[0], 0.02):  # 110 tokens now take over 2 s
+    with slowed(chat_model[0], 0.02):  # 110 tokens now take over 2 s
         sock = socket.create_connection((host, int(port)))
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -424,10 +414,10 @@ def test_one_log_line_per_request(server, client, caplog):
     assert "POST /v1/chat/completions 404" in lines[1]
 
 
-def test_no_cors_unless_asked_and_loopback_default(loaded):
+def test_no_cors_unless_asked_and_loopback_default(chat_model):
     from fastapi.testclient import TestClient
 
-    model, tok = loaded
+    model, tok = chat_model
     preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
     plain = TestClient(create_app(Engine(model, tok, max_batch=1), model_name=MODEL_NAME))
     r = plain.options("/v1/chat/completions", headers=preflight)
@@ -446,8 +436,8 @@ def test_no_cors_unless_asked_and_loopback_default(loaded):
     assert args.host == "127.0.0.1" and args.api_key is None and args.cors_origins is None
 
 
-def test_engine_rejects_bad_settings(loaded):
-    model, tok = loaded
+def test_engine_rejects_bad_settings(chat_model):
+    model, tok = chat_model
     with pytest.raises(ValueError, match="max_batch"):
         Engine(model, tok, max_batch=0)
     with pytest.raises(ValueError, match="holds no sequence"):
@@ -464,10 +454,10 @@ def test_engine_rejects_bad_settings(loaded):
         engine.submit([1, 10**6], lambda ev: None, cfg)
 
 
-def test_long_prompt_is_prefilled_in_chunks_while_others_decode(loaded):
+def test_long_prompt_is_prefilled_in_chunks_while_others_decode(chat_model):
     """A 100-token prompt, prefilled 8 tokens per step: the running request gets a token at every one of those
     steps, and the long request's answer is still exactly model.generate's."""
-    model, tok = loaded
+    model, tok = chat_model
     engine = Engine(model, tok, max_batch=2, prefill_chunk=8).start()
     log: list[tuple[str, str]] = []
     lock = threading.Lock()

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from serving_server import API_KEY, MODEL_NAME, RunningServer, build_chat_folder, load_float64, slowed
+from serving_server import API_KEY, MODEL_NAME, RunningServer, slowed
 
 from baichuan13b.chat import build_chat_input
 from baichuan13b.serving import engine as engine_module
@@ -22,18 +22,8 @@ QUESTIONS = ["hello there", "你好", "The quick brown fox", "numbers 12345"]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_tokenizer_dir):
-    return build_chat_folder(tmp_path_factory.mktemp("serving_hardening") / "model", tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def loaded(folder):
-    return load_float64(folder)
-
-
-@pytest.fixture(scope="module")
-def server(loaded):
-    model, tok = loaded
+def server(chat_model):
+    model, tok = chat_model
     srv = RunningServer(model, tok, engine_kwargs=dict(max_batch=8, max_queue=16, prefill_chunk=16))
     yield srv
     srv.close()
@@ -56,8 +46,8 @@ def error(r, status):
 class GoodStreams:
     """Streaming chats that run while a test sends bad requests; ``check()`` compares each with model.chat."""
 
-    def __init__(self, server, loaded, n=4, max_tokens=40):
-        self.server, self.loaded, self.max_tokens = server, loaded, max_tokens
+    def __init__(self, server, chat_model, n=4, max_tokens=40):
+        self.server, self.chat_model, self.max_tokens = server, chat_model, max_tokens
         self.jobs = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
         self.results: dict[int, str] = {}
         self.threads = [threading.Thread(target=self._one, args=(i, q)) for i, q in enumerate(self.jobs)]
@@ -82,7 +72,7 @@ class GoodStreams:
             t.join(60)
 
     def check(self):
-        model, tok = self.loaded
+        model, tok = self.chat_model
         for i, question in enumerate(self.jobs):
             status, text = self.results[i]
             assert status == 200
@@ -109,9 +99,9 @@ EXTREMES = [
 ]
 
 
-def test_extreme_sampling_settings_are_answered_and_leave_other_streams_untouched(server, loaded):
-    model, _ = loaded
-    with slowed(model, 0.02), GoodStreams(server, loaded, max_tokens=100) as good:
+def test_extreme_sampling_settings_are_answered_and_leave_other_streams_untouched(server, chat_model):
+    model, _ = chat_model
+    with slowed(model, 0.02), GoodStreams(server, chat_model, max_tokens=100) as good:
         for settings in EXTREMES:
             for path, extra in (("/v1/completions", {"prompt": "ab"}), ("/v1/chat/completions", {"messages": USER})):
                 r = post(server, path, {"model": MODEL_NAME, "max_tokens": 8, **extra, **settings})
@@ -148,14 +138,14 @@ def fail_for(where, monkeypatch):
 
 @pytest.mark.parametrize("where", ["sampling", "detokenising"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_failure_in_one_row_ends_that_request_alone(server, loaded, monkeypatch, where, stream):
+def test_a_failure_in_one_row_ends_that_request_alone(server, chat_model, monkeypatch, where, stream):
     """The failing request gets a generic 500 (or the error event in its stream); its batch neighbours, sampled in
     the same group (equal settings), finish exactly as model.chat."""
-    model, _ = loaded
+    model, _ = chat_model
     fail_for(where, monkeypatch)
     body = {"model": MODEL_NAME, "messages": USER, "max_tokens": 8, "temperature": 0, "stop": ["BOOM"],
             "stream": stream}
-    with slowed(model, 0.02), GoodStreams(server, loaded) as good:
+    with slowed(model, 0.02), GoodStreams(server, chat_model) as good:
         r = post(server, "/v1/chat/completions", body)
     good.check()
     if stream:
@@ -209,10 +199,10 @@ def test_invalid_unicode_is_400_naming_the_field_and_keeps_the_connection(server
             == 200
 
 
-def test_tokenizer_and_chat_prompt_refuse_invalid_text(loaded):
+def test_tokenizer_and_chat_prompt_refuse_invalid_text(chat_model):
     from baichuan13b.tokenizer import InvalidTextError
 
-    model, tok = loaded
+    model, tok = chat_model
     with pytest.raises(InvalidTextError, match="U\\+D800 at character 1"):
         tok.encode("a\ud800b")
     with pytest.raises(InvalidTextError):
@@ -222,12 +212,12 @@ def test_tokenizer_and_chat_prompt_refuse_invalid_text(loaded):
     assert tok.encode("a\U0001f600b") == tok.encode("a😀b")  # a proper pair is one character
 
 
-def test_terminal_chat_refuses_invalid_text_and_goes_on(loaded, capsys):
+def test_terminal_chat_refuses_invalid_text_and_goes_on(chat_model, capsys):
     import io
 
     from baichuan13b.cli.chat import ChatSession, run_lines
 
-    model, tok = loaded
+    model, tok = chat_model
     session = ChatSession(model, tok, {"max_new_tokens": 3, "do_sample": False})
     out = io.StringIO()
     run_lines(session, ["hello there\n", "bad \udcff bytes\n", "你好\n"], out)
@@ -238,10 +228,10 @@ def test_terminal_chat_refuses_invalid_text_and_goes_on(loaded, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- 3: long chats
-def test_long_chat_with_max_tokens_is_answered_with_what_fits(server, loaded):
+def test_long_chat_with_max_tokens_is_answered_with_what_fits(server, chat_model):
     """The official truncation keeps context - max_tokens tokens and appends the assistant token; the answer
     still gets max_tokens (its last token is never read back). Server and model.chat agree."""
-    model, tok = loaded
+    model, tok = chat_model
     messages = [{"role": "user", "content": "one plus two " * 1000}]
     ctx = model.config.max_position
     for max_tokens in (16, 1, 63):
@@ -262,8 +252,8 @@ def test_long_chat_with_max_tokens_is_answered_with_what_fits(server, loaded):
     assert r.json()["choices"][0]["message"]["content"] == model.chat(tok, messages, max_new_tokens=100)
 
 
-def test_long_chat_default_answer_gets_the_full_default_length(server, loaded):
-    model, tok = loaded
+def test_long_chat_default_answer_gets_the_full_default_length(server, chat_model):
+    model, tok = chat_model
     messages = [{"role": "user", "content": "one plus two " * 1000}]
     default = model.generation_config.max_new_tokens
     r = post(server, "/v1/chat/completions", {"model": MODEL_NAME, "messages": messages})
@@ -272,9 +262,9 @@ def test_long_chat_default_answer_gets_the_full_default_length(server, loaded):
 
 
 # ---------------------------------------------------------------------------------------------------- 4: event loop
-def test_tokenising_runs_off_the_event_loop(server, loaded, monkeypatch):
+def test_tokenising_runs_off_the_event_loop(server, chat_model, monkeypatch):
     """While prompts are being tokenised (slowly here), /health and a running stream are not held up."""
-    model, tok = loaded
+    model, tok = chat_model
     real = type(tok).encode
     started = threading.Event()
 
@@ -303,8 +293,8 @@ def test_tokenising_runs_off_the_event_loop(server, loaded, monkeypatch):
     assert sorted(results) == [200] * 4
 
 
-def test_full_queue_is_refused_before_tokenising(loaded, monkeypatch):
-    model, tok = loaded
+def test_full_queue_is_refused_before_tokenising(chat_model, monkeypatch):
+    model, tok = chat_model
     srv = RunningServer(model, tok, engine_kwargs=dict(max_batch=1, max_queue=0))
     calls = []
     real = type(tok).encode
@@ -384,8 +374,8 @@ def test_schema_states_what_validation_refuses(server):
 
 
 # ---------------------------------------------------------------------------------------------------- 7: API keys
-def test_api_key_must_be_printable_ascii(loaded):
-    model, tok = loaded
+def test_api_key_must_be_printable_ascii(chat_model):
+    model, tok = chat_model
     for bad in ("clé-secrète", "key with space", "", "tab\tkey"):
         with pytest.raises(ValueError, match="API key"):
             create_app(Engine(model, tok, max_batch=1), model_name=MODEL_NAME, api_key=bad)
@@ -432,7 +422,7 @@ def test_more_than_one_authorization_header_is_refused(server):
 def test_serve_flags_are_validated_before_loading(flags, flag, capsys, monkeypatch):
     from baichuan13b.cli import main, serve
 
-    monkeypatch.setattr(serve, "load", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(serve, "load", lambda args: pytest.fail("the model was chat_model"))
     assert main(["serve", *flags]) != 0
     assert flag in capsys.readouterr().err
 
@@ -440,15 +430,15 @@ def test_serve_flags_are_validated_before_loading(flags, flag, capsys, monkeypat
 def test_api_key_from_the_environment_is_checked(capsys, monkeypatch):
     from baichuan13b.cli import main, serve
 
-    monkeypatch.setattr(serve, "load", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(serve, "load", lambda args: pytest.fail("the model was chat_model"))
     monkeypatch.setenv("BAICHUAN_API_KEY", "schlüssel")
     assert main(["serve"]) != 0
     assert "$BAICHUAN_API_KEY" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- 10, 11
-def test_slow_clients_are_cut_off(loaded):
-    model, tok = loaded
+def test_slow_clients_are_cut_off(chat_model):
+    model, tok = chat_model
     srv = RunningServer(model, tok, read_timeout=1.0, keep_alive_timeout=1.0)
     host, port = srv.base_url.removeprefix("http://").split(":")
     try:
@@ -496,9 +486,9 @@ def test_non_json_content_type_is_415_saying_so(server):
 
 
 # ---------------------------------------------------------------------------------------------------- all together
-def test_every_repro_leaves_concurrent_streams_untouched(server, loaded):
+def test_every_repro_leaves_concurrent_streams_untouched(server, chat_model):
     """Good streams run while each bad request of the issue is sent; every bad one gets its status."""
-    model, _ = loaded
+    model, _ = chat_model
     long_chat = {"messages": [{"role": "user", "content": "one plus two " * 1000}], "max_tokens": 16}
     repros = [
         ("/v1/completions", {"prompt": "ab", "temperature": 1.0, "repetition_penalty": 1e-300, "max_tokens": 8},
@@ -511,7 +501,7 @@ def test_every_repro_leaves_concurrent_streams_untouched(server, loaded):
         ("/v1/completions", {"prompt": ""}, 400),
         ("/v1/chat/completions", {"messages": USER, "max_tokens": 3, "max_completion_tokens": 4}, 400),
     ]
-    with slowed(model, 0.02), GoodStreams(server, loaded, n=4, max_tokens=60) as good:
+    with slowed(model, 0.02), GoodStreams(server, chat_model, n=4, max_tokens=60) as good:
         for path, extra, status in repros:
             r = post(server, path, {"model": MODEL_NAME, **extra})
             assert r.status_code == status, (extra, r.text)

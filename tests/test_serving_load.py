@@ -9,32 +9,22 @@ import time
 
 import httpx
 import pytest
-from serving_server import API_KEY, MODEL_NAME, RunningServer, build_chat_folder, free_port, load_float64, slowed
+from serving_server import API_KEY, MODEL_NAME, RunningServer, free_port, slowed
 
 QUESTIONS = ["hello there", "你好", "The quick brown fox", "今天天气很好", "numbers 12345", "a b c", "def main():",
              "北京是中国的首都"]
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_tokenizer_dir):
-    return build_chat_folder(tmp_path_factory.mktemp("serving_load") / "model", tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def loaded(folder):
-    return load_float64(folder)
-
-
-@pytest.fixture(scope="module")
-def server(loaded):
-    model, tok = loaded
+def server(chat_model):
+    model, tok = chat_model
     srv = RunningServer(model, tok, engine_kwargs=dict(max_batch=16, max_queue=64, prefill_chunk=32))
     yield srv
     srv.close()
 
 
-def test_64_concurrent_streaming_clients_get_complete_correct_answers(server, loaded):
-    model, tok = loaded
+def test_64_concurrent_streaming_clients_get_complete_correct_answers(server, chat_model):
+    model, tok = chat_model
     # Different prompts, lengths and settings in one batch; each answer must be what model.chat gives alone.
     jobs = [(QUESTIONS[i % len(QUESTIONS)], 3 + i % 6, 1.0 if i % 3 else 1.3) for i in range(64)]
     expected = {job: model.chat(tok, [{"role": "user", "content": job[0]}], max_new_tokens=job[1],
@@ -70,8 +60,8 @@ def test_64_concurrent_streaming_clients_get_complete_correct_answers(server, lo
     assert float(batch_line.split()[-1]) < float(total_line.split()[-1])  # some steps really batched > 4 rows
 
 
-def test_50_clients_disconnecting_mid_stream_leave_nothing_behind(server, loaded):
-    model, tok = loaded
+def test_50_clients_disconnecting_mid_stream_leave_nothing_behind(server, chat_model):
+    model, tok = chat_model
     body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hello there"}], "stream": True,
             "max_tokens": 100, "temperature": 0}
 
@@ -104,18 +94,18 @@ def test_50_clients_disconnecting_mid_stream_leave_nothing_behind(server, loaded
     assert 'baichuan_sequences_finished_total{reason="abort"} 50' in metrics
 
 
-def test_serve_command_answers_and_drains_on_sigterm(folder, loaded):
+def test_serve_command_answers_and_drains_on_sigterm(chat_folder, chat_model):
     """``baichuan serve`` in its own process: float32, one request at a time equals model.chat."""
     from baichuan13b.model import BaichuanForCausalLM
     from baichuan13b.tokenizer import BaichuanTokenizer
 
-    model = BaichuanForCausalLM.from_pretrained(folder, progress=False)
-    tok = BaichuanTokenizer.from_pretrained(folder)
+    model = BaichuanForCausalLM.from_pretrained(chat_folder, progress=False)
+    tok = BaichuanTokenizer.from_pretrained(chat_folder)
     sock = free_port()
     port = sock.getsockname()[1]
     sock.close()
     env = dict(os.environ, BAICHUAN_API_KEY=API_KEY)
-    proc = subprocess.Popen([sys.executable, "-m", "baichuan13b", "serve", "--model", str(folder), "--no-progress",
+    proc = subprocess.Popen([sys.executable, "-m", "baichuan13b", "serve", "--model", str(chat_folder), "--no-progress",
                              "--port", str(port), "--max-batch", "4", "--served-model-name", MODEL_NAME],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:

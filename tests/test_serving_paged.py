@@ -3,14 +3,8 @@ same tokens, many concurrent streams equal single requests, aborted requests ret
 
 import pytest
 import torch
-from serving_server import build_chat_folder, load_float64
 
 from baichuan13b.serving import Engine
-
-
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory, tiny_tokenizer_dir):
-    return load_float64(build_chat_folder(tmp_path_factory.mktemp("paged") / "model", tiny_tokenizer_dir))
 
 
 def greedy(model, **kw):
@@ -54,8 +48,8 @@ def prompts_with_shared_prefix(n, shared=37, tail=5):
     return [system + [7 + (i * 13 + j * 5) % 300 for j in range(tail + i % 4)] for i in range(n)]
 
 
-def test_prefix_reuse_on_and_off_give_the_same_answers(loaded):
-    model, tok = loaded
+def test_prefix_reuse_on_and_off_give_the_same_answers(chat_model):
+    model, tok = chat_model
     prompts = prompts_with_shared_prefix(6)
     on = Engine(model, tok, max_batch=4, block_size=4, prefill_chunk=16)
     off = Engine(model, tok, max_batch=4, block_size=4, prefill_chunk=16, prefix_cache=False)
@@ -74,8 +68,8 @@ def test_prefix_reuse_on_and_off_give_the_same_answers(loaded):
     assert "".join(texts) == want[0] and on.stats()["prefix_cache_hit_tokens"] == hits
 
 
-def test_seeded_sampling_is_the_same_with_and_without_reuse(loaded):
-    model, tok = loaded
+def test_seeded_sampling_is_the_same_with_and_without_reuse(chat_model):
+    model, tok = chat_model
     prompts = prompts_with_shared_prefix(3)
     cfg = model.generation_config.update(do_sample=True, temperature=0.9, top_k=20, seed=3)
     results = []
@@ -85,8 +79,8 @@ def test_seeded_sampling_is_the_same_with_and_without_reuse(loaded):
     assert results[0] == results[1]
 
 
-def test_preempted_sequences_resume_with_the_same_tokens(loaded):
-    model, tok = loaded
+def test_preempted_sequences_resume_with_the_same_tokens(chat_model):
+    model, tok = chat_model
     probe = Engine(model, tok, max_batch=1, max_seq_len=48, block_size=4)
     # a pool of exactly one full context (12 blocks) for 4 requests that grow to 40 positions each
     engine = Engine(model, tok, max_batch=4, max_seq_len=48, block_size=4,
@@ -100,8 +94,8 @@ def test_preempted_sequences_resume_with_the_same_tokens(loaded):
     assert float(line.split()[-1]) == stats["preemptions"]
 
 
-def test_64_concurrent_streams_equal_single_requests(loaded):
-    model, tok = loaded
+def test_64_concurrent_streams_equal_single_requests(chat_model):
+    model, tok = chat_model
     prompts = [[3 + (i * 29 + j * 7) % 300 for j in range(4 + i % 9)] for i in range(64)]
     engine = Engine(model, tok, max_batch=64, block_size=4, prefill_chunk=64, max_seq_len=64,
                     kv_cache_bytes=64 * 6 * Engine(model, tok, max_batch=1, block_size=4).block_bytes)
@@ -118,8 +112,8 @@ def test_64_concurrent_streams_equal_single_requests(loaded):
     assert engine.stats()["free_blocks"] == engine.stats()["blocks"]
 
 
-def test_aborted_requests_return_every_block(loaded):
-    model, tok = loaded
+def test_aborted_requests_return_every_block(chat_model):
+    model, tok = chat_model
     engine = Engine(model, tok, max_batch=3, block_size=4, prefill_chunk=8)
     start = engine.blocks.num_free
     ids = [engine.submit(p, lambda e: None, greedy(model), max_new_tokens=20) for p in prompts_with_shared_prefix(5)]
@@ -139,8 +133,8 @@ def test_aborted_requests_return_every_block(loaded):
     assert engine.blocks.num_used == 0 and engine.stats()["tracked"] == 0
 
 
-def test_echo_scores_every_prompt_token_even_when_its_prefix_is_cached(loaded):
-    model, tok = loaded
+def test_echo_scores_every_prompt_token_even_when_its_prefix_is_cached(chat_model):
+    model, tok = chat_model
     prompt = prompts_with_shared_prefix(1, shared=37, tail=6)[0]
     scores = []
     for warm in (False, True):
