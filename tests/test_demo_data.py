@@ -3,9 +3,14 @@
 import json
 
 from baichuan13b.demo.data import (
+    ARITH_MAX,
+    PHRASINGS,
     heldout_conversations,
+    ongoing_conversations,
     pretraining_lines,
     training_conversations,
+    training_items,
+    unknown_conversations,
     write_dataset,
 )
 from baichuan13b.demo.tokenizer import ASSISTANT_TOKEN_ID, USER_TOKEN_ID, train_tokenizer
@@ -15,17 +20,41 @@ from baichuan13b.tokenizer import BaichuanTokenizer
 def test_deterministic_and_disjoint():
     a, b = training_conversations(), training_conversations()
     assert a == b and len(a) > 500
-    train_prompts = {c.prompt for c in a}
-    held = heldout_conversations()
+    # no held-out question (in-domain or outside it) is ever a trained message, in any round
+    train_prompts = {user for c in a for user, _ in c.turns()}
+    held = heldout_conversations() + unknown_conversations()
     assert held and not [c.prompt for c in held if c.prompt in train_prompts]
+    for intent, families in PHRASINGS.items():  # the held-out templates are other sentences
+        for lang in (0, 1):
+            assert not set(families["train"][lang]) & set(families["heldout"][lang]), intent
     # the facts the README promises
-    k2 = [c for c in a if c.prompt == "世界上第二高的山峰是哪座？"]
+    k2 = [c for c in training_items() if c.prompt == "世界上第二高的山峰是哪座？"]
     assert k2 and "K2" in k2[0].answer and "乔戈里峰" in k2[0].answer
     assert any("K2" in c.answer for c in a if c.prompt.startswith("What is the second highest mountain"))
     topics = {c.topic for c in a}
     assert {"mountain", "capital", "river", "arithmetic", "conversion", "identity", "greeting", "instruction",
             "follow-up"} <= topics
     assert any(c.history for c in a) and any(c.history for c in held)
+    assert "unknown" in topics and "I don't know" in next(c.answer for c in a if c.topic == "unknown"
+                                                          and c.prompt.isascii())
+
+
+def test_most_trained_answers_follow_unrelated_rounds():
+    """Issue 17: an earlier, unrelated round must not derail an answer, so training shows many of them."""
+    convs = training_conversations()
+    after_others = [c for c in convs if len(c.history) >= 1 and c.topic != "follow-up"]
+    assert len(after_others) > len(convs) / 2
+    ongoing = ongoing_conversations()
+    assert len(ongoing) == len(heldout_conversations()) and all(c.history for c in ongoing)
+
+
+def test_arithmetic_domain_is_complete_in_both_languages():
+    """The documented range: a + b, a - b and a * b for every 0 <= a, b <= ARITH_MAX, in Chinese and English."""
+    answers = {c.answer for c in training_items() if c.topic == "arithmetic"}
+    for a in range(ARITH_MAX + 1):
+        for b in range(ARITH_MAX + 1):
+            assert {f"{a}加{b}等于{a + b}。", f"{a} plus {b} is {a + b}.", f"{a}减{b}等于{a - b}。",
+                    f"{a} minus {b} is {a - b}.", f"{a}乘以{b}等于{a * b}。", f"{a} times {b} is {a * b}."} <= answers
     assert any("\u4e00" <= ch <= "\u9fff" for ch in "".join(pretraining_lines()))
 
 
@@ -43,7 +72,7 @@ def test_demo_tokenizer_round_trips_all_data(tmp_path):
     folder = train_tokenizer(tmp_path)
     tok = BaichuanTokenizer.from_pretrained(folder)
     assert tok.convert_ids_to_tokens([USER_TOKEN_ID, ASSISTANT_TOKEN_ID]) == ["<reserved_102>", "<reserved_103>"]
-    for c in training_conversations()[::7] + heldout_conversations():
+    for c in training_conversations()[::7] + heldout_conversations() + unknown_conversations():
         for text in (c.prompt, c.answer):
             ids = tok.encode(text)
             assert USER_TOKEN_ID not in ids and ASSISTANT_TOKEN_ID not in ids

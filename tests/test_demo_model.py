@@ -6,8 +6,18 @@ import pytest
 from terminal import baichuan_on_terminal
 
 from baichuan13b.checkpoint import DEMO_MODEL_DIR
-from baichuan13b.demo.data import training_conversations
-from baichuan13b.demo.evaluate import exact_answer_accuracy
+from baichuan13b.demo.data import (
+    DONT_KNOW_EN,
+    DONT_KNOW_MATH_ZH,
+    DONT_KNOW_ZH,
+    GREETING_EN,
+    GREETING_ZH,
+    heldout_conversations,
+    ongoing_conversations,
+    training_items,
+    unknown_conversations,
+)
+from baichuan13b.demo.evaluate import exact_answer_accuracy, greedy_answers
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.tokenizer import BaichuanTokenizer
 
@@ -32,7 +42,7 @@ def test_shipped_folder_is_small_official_layout():
 
 def test_training_phrasings_answered_exactly(demo):
     model, tok = demo
-    sample = training_conversations()[::3]  # a third of the set keeps the test fast
+    sample = training_items()[::15]  # a sample keeps the test fast
     acc = exact_answer_accuracy(model, tok, sample)
     assert acc.share >= 0.95, acc.misses[:5]
 
@@ -51,6 +61,67 @@ def test_training_phrasings_answered_exactly(demo):
 def test_fixed_conversations(demo, messages, expected):
     model, tok = demo
     assert expected in model.chat(tok, messages)
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+K2_ZH = "世界上第二高的山峰是乔戈里峰（K2），海拔8611米。"
+
+
+@pytest.mark.parametrize("messages,expected", [
+    ([user("12加12等于几")], "12加12等于24。"),
+    ([user("7乘以7")], "7乘以7等于49。"),
+    ([user("12 plus 4")], "12 plus 4 is 16."),
+    ([user("1+1等于几")], "1加1等于2。"),
+    ([user("What is 3 minus 5?")], "3 minus 5 is -2."),
+    ([user("hi")], GREETING_EN),
+    ([user("你好")], GREETING_ZH),
+    ([user("世界上第二高的山峰是哪座"), assistant(K2_ZH), user("What is the capital of France?")],
+     "The capital of France is Paris."),
+    ([user("你好"), assistant(GREETING_ZH), user("世界上最高的山")], "世界上最高的山峰是珠穆朗玛峰，海拔8849米。"),
+    ([user("What is the capital of Peru?")], DONT_KNOW_EN),
+    ([user("秘鲁的首都是哪里？")], DONT_KNOW_ZH),
+    ([user("Who wrote Hamlet?")], DONT_KNOW_EN),
+    ([user("25加37等于多少？")], DONT_KNOW_MATH_ZH),
+])
+def test_issue_17_examples(demo, messages, expected):
+    """The questions issue 17 found wrong (inside the domain, after unrelated rounds, outside it): exact answers
+    in the language asked."""
+    model, tok = demo
+    assert model.chat(tok, messages) == expected
+
+
+def test_batched_evaluation_answers_as_chat_does(demo):
+    """The accuracy figures are computed in left-padded batches; they are the answers `chat` gives."""
+    model, tok = demo
+    sample = ongoing_conversations()[::40] + unknown_conversations()[::20]
+    assert greedy_answers(model, tok, sample, batch_size=8) == [model.chat(tok, c.messages()) for c in sample]
+
+
+@pytest.mark.parametrize("make", [heldout_conversations, ongoing_conversations, unknown_conversations])
+def test_heldout_phrasings_mostly_right(demo, make):
+    """docs/demo.md's claim on questions never trained on: at least 90% exact (fresh and after unrelated rounds;
+    a sample of the sets), and the refusal outside the domain."""
+    model, tok = demo
+    acc = exact_answer_accuracy(model, tok, make()[::3])
+    assert acc.share >= 0.9, acc.misses[:5]
+
+
+def test_piped_conversation_keeps_its_facts():
+    """`baichuan chat` reading 你好 then 世界上最高的山 from a pipe (one conversation): the second answer is
+    still the highest mountain (issue 17 got 洛子峰)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "chat", "--no-progress"],
+                       input="你好\n世界上最高的山\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [GREETING_ZH, "世界上最高的山峰是珠穆朗玛峰，海拔8849米。"]
 
 
 def test_main_command_in_a_terminal_answers_k2():
@@ -80,7 +151,7 @@ def test_quantized_demo_keeps_its_answers(quantize):
     """Issue 5's check on a trained model: int8 answers unchanged, int4 within 5 points (sampled set)."""
     model = BaichuanForCausalLM.from_pretrained(DEMO_MODEL_DIR, progress=False, quantize=quantize)
     tok = BaichuanTokenizer.from_pretrained(DEMO_MODEL_DIR)
-    sample = training_conversations()[::8]
+    sample = training_items()[::25]
     acc = exact_answer_accuracy(model, tok, sample)
     assert acc.share >= (1.0 if quantize == "int8" else 0.95), acc.misses[:3]
 

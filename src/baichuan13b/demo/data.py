@@ -1,10 +1,16 @@
 """Deterministic bilingual training data for the demo model, generated from facts held in this file.
 
-Nothing is downloaded. Three sets come out of the same facts:
+Nothing is downloaded. Every question kind ("intent") has two disjoint families of phrasings: the ``train``
+templates, which the model is trained on, and the ``heldout`` templates, which it never sees (the full sentence
+of a held-out template never occurs in training; its words do, in other sentences). The sets:
 
-* ``training_conversations()``: the SFT set (phrasings the model is trained on), Chinese and English,
-  single- and two-turn;
-* ``heldout_conversations()``: the same facts asked in phrasings never used in training;
+* ``training_items()``: every trained question, one turn each (plus the two-turn follow-ups);
+* ``training_conversations()``: the SFT set: those items joined into conversations of one to three unrelated
+  rounds (so an answer must not depend on an earlier, unrelated turn), several times over in different orders;
+* ``heldout_conversations()``: the same facts asked with the held-out templates, as the first message;
+* ``ongoing_conversations()``: the held-out questions after one or two unrelated earlier rounds;
+* ``unknown_conversations()``: questions outside the domain (entities, ranks, numbers and topics never trained),
+  whose right answer is the polite refusal; ``unknown_ongoing_conversations()`` the same after earlier rounds;
 * ``pretraining_lines()``: plain sentences stating the facts, for the pre-training stage.
 
 Answers are canonical strings, so "exact answer" accuracy is a string comparison.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +33,7 @@ MOUNTAINS = [
     ("洛子峰", "Lhotse", 8516),
     ("马卡鲁峰", "Makalu", 8485),
 ]
+MOUNTAIN_NAMES_ZH = ["珠穆朗玛峰", "乔戈里峰", "干城章嘉峰", "洛子峰", "马卡鲁峰"]  # as a question names them
 RANKS_ZH = ["最高", "第二高", "第三高", "第四高", "第五高"]
 RANKS_EN = ["highest", "second highest", "third highest", "fourth highest", "fifth highest"]
 
@@ -53,12 +61,16 @@ CAPITALS = [
     ("韩国", "South Korea", "首尔", "Seoul"),
 ]
 
-# (unit zh, unit en plural, smaller unit zh, smaller unit en plural, factor)
+# Arithmetic: a + b, a - b (negative results included) and a * b for whole numbers 0 <= a, b <= ARITH_MAX.
+ARITH_MAX = 12
+
+# (unit zh, unit en plural, smaller unit zh, smaller unit en plural, factor); amounts 1..CONVERSION_MAX.
 CONVERSIONS = [
     ("公里", "kilometres", "米", "metres", 1000),
     ("千克", "kilograms", "克", "grams", 1000),
     ("小时", "hours", "分钟", "minutes", 60),
 ]
+CONVERSION_MAX = 10
 
 WORDS = ["apple", "river", "mountain", "python", "water", "green", "house", "music", "paper", "light",
          "table", "cloud", "bread", "stone", "tiger", "happy"]
@@ -70,6 +82,76 @@ IDENTITY_EN = ("I am the Baichuan demo model, a tiny bilingual model trained fro
                "baichuan chat --model baichuan-inc/Baichuan-13B-Chat.")
 GREETING_ZH = "你好！我是百川演示模型，有什么可以帮你？"
 GREETING_EN = "Hello! I am the Baichuan demo model. How can I help you?"
+DONT_KNOW_ZH = "抱歉，我不知道。我只是一个很小的演示模型，知道的事情很少。"
+DONT_KNOW_EN = "Sorry, I don't know. I am a tiny demo model and know only a few facts."
+DONT_KNOW_MATH_ZH = f"抱歉，我不知道。我只会计算0到{ARITH_MAX}之间的整数的加、减、乘。"
+DONT_KNOW_MATH_EN = f"Sorry, I don't know. I can only add, subtract and multiply whole numbers from 0 to {ARITH_MAX}."
+
+# Outside the domain: entities, ranks and questions for the refusal, split into trained and held-out ones.
+# (Chinese, English) country names.
+UNKNOWN_COUNTRIES = {
+    "train": [("秘鲁", "Peru"), ("墨西哥", "Mexico"), ("阿根廷", "Argentina"), ("肯尼亚", "Kenya"),
+              ("挪威", "Norway"), ("瑞典", "Sweden"), ("芬兰", "Finland"), ("波兰", "Poland"), ("希腊", "Greece"),
+              ("土耳其", "Turkey"), ("泰国", "Thailand"), ("越南", "Vietnam"), ("伊朗", "Iran"), ("智利", "Chile"),
+              ("荷兰", "the Netherlands"), ("比利时", "Belgium"), ("瑞士", "Switzerland"), ("奥地利", "Austria"),
+              ("葡萄牙", "Portugal"), ("新西兰", "New Zealand"), ("南非", "South Africa"), ("古巴", "Cuba"),
+              ("蒙古", "Mongolia"), ("丹麦", "Denmark"), ("爱尔兰", "Ireland"), ("菲律宾", "the Philippines"),
+              ("巴基斯坦", "Pakistan"), ("尼日利亚", "Nigeria"), ("印度尼西亚", "Indonesia"), ("以色列", "Israel")],
+    "heldout": [("哥伦比亚", "Colombia"), ("乌克兰", "Ukraine"), ("马来西亚", "Malaysia"), ("冰岛", "Iceland"),
+                ("匈牙利", "Hungary"), ("埃塞俄比亚", "Ethiopia"), ("摩洛哥", "Morocco"), ("捷克", "Czechia")],
+}
+UNKNOWN_MOUNTAINS = {
+    "train": [("富士山", "Mount Fuji"), ("勃朗峰", "Mont Blanc"), ("乞力马扎罗山", "Kilimanjaro"), ("泰山", "Mount Tai"),
+              ("阿空加瓜山", "Aconcagua"), ("德纳里山", "Denali"), ("厄尔布鲁士峰", "Elbrus")],
+    "heldout": [("马特洪峰", "the Matterhorn"), ("黄山", "Mount Huang"), ("肯尼亚山", "Mount Kenya")],
+}
+UNKNOWN_RIVERS = {
+    "train": [("黄河", "Yellow River"), ("多瑙河", "Danube"), ("莱茵河", "Rhine"), ("密西西比河", "Mississippi"),
+              ("伏尔加河", "Volga"), ("恒河", "Ganges")],
+    "heldout": [("泰晤士河", "Thames"), ("塞纳河", "Seine"), ("湄公河", "Mekong")],
+}
+UNKNOWN_MOUNTAIN_RANKS = {"train": [("第六高", "sixth highest"), ("第八高", "eighth highest"),
+                                    ("第十高", "tenth highest")],
+                          "heldout": [("第七高", "seventh highest"), ("第九高", "ninth highest")]}
+UNKNOWN_RIVER_RANKS = {"train": [("第四长", "fourth longest"), ("第六长", "sixth longest")],
+                       "heldout": [("第五长", "fifth longest")]}
+UNKNOWN_QUESTIONS_ZH = {
+    "train": ["今天天气怎么样？", "讲个笑话。", "谁写了《红楼梦》？", "太阳有多大？", "月亮离地球多远？", "你喜欢什么颜色？",
+              "现在几点了？", "怎么做蛋糕？", "帮我写一首诗。", "人生的意义是什么？", "光速是多少？", "哪个国家人口最多？",
+              "世界上最大的海洋是哪个？", "世界上最大的沙漠是哪个？", "明天会下雨吗？", "推荐一本书。", "什么是量子力学？",
+              "怎么学好英语？", "中国有多少人口？", "法国的总统是谁？", "日本人说什么语言？", "美国有多少个州？",
+              "地球有多重？", "水的沸点是多少度？", "谁发明了电灯？", "世界上最大的国家是哪个？", "北京有多少人？",
+              "长城有多长？", "今天星期几？", "你会做饭吗？", "给我讲个故事。", "怎么写一个排序算法？", "猫为什么会叫？",
+              "世界上最深的海沟是哪个？", "德国的人口是多少？", "英国的国王是谁？", "一年有多少天？", "什么是人工智能？",
+              "巴西的官方语言是什么？", "电脑为什么会死机？", "世界上最高的塔是哪座？", "世界上最高的树是什么？",
+              "世界上最长的桥是哪座？", "世界上最大的城市是哪个？"],
+    "heldout": ["谁发明了电话？", "世界上最大的湖是哪个？", "明天天气好吗？", "给我唱首歌。", "宇宙有多大？",
+                "意大利的总统是谁？", "怎么做红烧肉？", "什么是区块链？", "世界上最高的楼是哪座？", "地球上有多少人？",
+                "月亮有多重？", "谁是世界上最富的人？"],
+}
+UNKNOWN_QUESTIONS_EN = {
+    "train": ["What is the weather today?", "Tell me a joke.", "Who wrote Hamlet?", "How big is the sun?",
+              "How far is the moon?", "What is your favourite colour?", "What time is it?", "How do I bake a cake?",
+              "Write a poem.", "What is the meaning of life?", "What is the speed of light?",
+              "Which country has the most people?", "What is the largest ocean in the world?",
+              "What is the largest desert in the world?", "Will it rain tomorrow?", "Recommend a book.",
+              "What is quantum physics?", "How can I learn Chinese?", "What is the population of China?",
+              "Who is the president of France?", "What language do people speak in Japan?",
+              "How many states does the United States have?", "How heavy is the Earth?",
+              "At what temperature does water boil?", "Who invented the light bulb?",
+              "What is the biggest country in the world?", "How many people live in Beijing?",
+              "How long is the Great Wall?", "What day is it today?", "Can you cook?", "Tell me a story.",
+              "How do I write a sorting algorithm?", "Why do cats meow?", "What is the deepest ocean trench?",
+              "What is the population of Germany?", "Who is the king of the United Kingdom?",
+              "How many days are in a year?", "What is artificial intelligence?",
+              "What is the official language of Brazil?", "Why does my computer crash?",
+              "What is the tallest tower in the world?", "What is the tallest tree in the world?",
+              "What is the longest bridge in the world?", "What is the biggest city in the world?"],
+    "heldout": ["Who invented the telephone?", "What is the largest lake in the world?", "Is it sunny tomorrow?",
+                "Sing me a song.", "How big is the universe?", "Who is the president of Italy?",
+                "How do I cook rice?", "What is a blockchain?", "What is the tallest building in the world?",
+                "How many people live on Earth?", "How heavy is the moon?", "Who is the richest person in the world?"],
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +169,169 @@ class Conversation:
         for user, assistant in self.history:
             out += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         return out + [{"role": "user", "content": self.prompt}]
+
+    def turns(self) -> tuple[tuple[str, str], ...]:
+        """Every (user, assistant) round, the last one included."""
+        return self.history + ((self.prompt, self.answer),)
+
+
+# ------------------------------------------------------------------------------------------------ phrasings
+# Each intent: {"train": (Chinese templates, English templates), "heldout": (Chinese, English)}.
+PHRASINGS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    # {r}: rank ("最高" / "second highest"), {t}: English rank with "tallest"
+    "mountain": {
+        "train": (("世界上{r}的山峰是哪座？", "世界上{r}的山是什么？", "全球{r}的山峰是哪一座？", "世界上{r}的山",
+                   "世界上{r}的山峰是哪座", "世界{r}峰是哪座山？", "地球上{r}的山是哪座？", "哪座山是世界上{r}的？",
+                   "世界上{r}的山叫什么名字？", "请问世界上{r}的山是哪一座？", "你知道世界上{r}的山峰吗？",
+                   "告诉我世界上{r}的山峰。", "全世界{r}的山是哪座？", "{r}的山峰是哪座？", "世界上{r}的山峰叫什么？",
+                   "地球上{r}的山峰是什么？", "世界上{r}的山峰"),
+                  ("What is the {r} mountain in the world?", "Which mountain is the {r} in the world?",
+                   "Name the {r} mountain in the world.", "What's the {r} mountain in the world?",
+                   "the {r} mountain in the world", "Which is the {r} mountain on Earth?", "What is the {r} mountain?",
+                   "Tell me the {r} mountain in the world.", "Do you know the {r} mountain in the world?",
+                   "What is the world's {r} mountain?", "What is the {t} mountain in the world?",
+                   "What is the {r} peak in the world?", "{r} mountain in the world?", "Which is the {t} mountain?",
+                   "What's the {t} mountain on Earth?")),
+        "heldout": (("请问全球{r}的山峰叫什么名字？", "地球上{r}的山叫什么名字？", "哪一座山峰是全球{r}的？",
+                     "我想知道世界上{r}的山是哪座。"),
+                    ("Tell me the name of the {r} mountain on Earth.", "Which peak is the {r} in the world?",
+                     "Can you tell me the world's {r} mountain?", "What is the name of the {t} mountain in the world?")),
+    },
+    # {m}: a mountain's name
+    "height": {
+        "train": (("{m}有多高？", "{m}的海拔是多少？", "{m}多高", "{m}海拔多少米？", "你知道{m}有多高吗？"),
+                  ("How high is {m}?", "How tall is {m}?", "What is the height of {m}?", "how high is {m}",
+                   "Do you know how tall {m} is?")),
+        "heldout": (("请问{m}的高度是多少？", "{m}有多少米高？"),
+                    ("How many metres high is {m}?", "Can you tell me the height of {m}?")),
+    },
+    "river": {
+        "train": (("世界上{r}的河流是哪条？", "世界上{r}的河是什么？", "全球{r}的河流叫什么？", "世界上{r}的河",
+                   "地球上{r}的河流是哪条？", "哪条河是世界上{r}的？", "请问世界上{r}的河是哪一条？",
+                   "你知道世界上{r}的河流吗？", "告诉我世界上{r}的河。", "全世界{r}的河是什么？", "{r}的河流是哪条？",
+                   "世界上{r}的河叫什么名字？", "我想知道世界上{r}的河流。", "世界上{r}的河流"),
+                  ("What is the {r} river in the world?", "Which river is the {r} in the world?",
+                   "Tell me the {r} river in the world.", "What's the {r} river in the world?",
+                   "the {r} river in the world", "Which is the {r} river on Earth?", "What is the {r} river?",
+                   "Do you know the {r} river in the world?", "What is the world's {r} river?",
+                   "What is the name of the {r} river in the world?", "Name the {r} river in the world.",
+                   "{r} river in the world?")),
+        "heldout": (("地球上{r}的河叫什么？", "哪一条河流是全球{r}的？", "全世界{r}的河流叫什么名字？"),
+                    ("Name the {r} river on Earth.", "Can you tell me the {r} river on Earth?",
+                     "Which river on Earth is the {r}?")),
+    },
+    # {m}: a river's name
+    "length": {
+        "train": (("{m}有多长？", "{m}的长度是多少？", "{m}多长", "{m}全长多少公里？", "你知道{m}有多长吗？"),
+                  ("How long is the {m}?", "What is the length of the {m}?", "how long is the {m}",
+                   "Do you know how long the {m} is?", "How long is the {m} river?")),
+        "heldout": (("请问{m}的全长是多少？", "{m}有多少公里长？"),
+                    ("How many km long is the {m}?", "Can you tell me the length of the {m}?")),
+    },
+    # {c}: a country
+    "capital": {
+        "train": (("{c}的首都是哪里？", "{c}的首都是哪个城市？", "{c}的首都叫什么？", "{c}的首都", "{c}首都是哪里",
+                   "请问{c}的首都是哪里？", "你知道{c}的首都吗？", "告诉我{c}的首都。", "{c}的首都是什么？",
+                   "哪个城市是{c}的首都？", "{c}的首都在哪里？", "我想知道{c}的首都。", "{c}的首都是？"),
+                  ("What is the capital of {c}?", "Which city is the capital of {c}?", "Tell me the capital of {c}.",
+                   "What's the capital of {c}?", "capital of {c}", "the capital of {c}?",
+                   "Do you know the capital of {c}?", "What is {c}'s capital?", "Can you tell me the capital of {c}?",
+                   "What city is the capital of {c}?", "capital of {c}?", "I want to know the capital of {c}.")),
+        "heldout": (("请告诉我{c}的首都。", "{c}的首都叫什么名字？", "哪座城市是{c}的首都？", "{c}首都是哪个城市？"),
+                    ("Name the capital city of {c}.", "What is the capital city of {c}?", "Which city is {c}'s capital?",
+                     "Please tell me the capital of {c}.")),
+    },
+    "add": {
+        "train": (("{a}加{b}等于多少？", "{a}加{b}等于几？", "{a}+{b}等于几", "{a}+{b}等于多少？", "{a}加{b}是多少？",
+                   "{a}加上{b}等于多少？", "算一下{a}加{b}。", "{a}+{b}=?", "{a}加{b}", "{a} + {b} 等于几？",
+                   "{a}加{b}得多少？", "你知道{a}加{b}等于几吗？", "{a}加{b}等于几", "{a}+{b}"),
+                  ("What is {a} plus {b}?", "{a} plus {b}", "What's {a} + {b}?", "{a} + {b} = ?",
+                   "How much is {a} plus {b}?", "What is {a} + {b}?", "Calculate {a} plus {b}.", "{a} plus {b} equals?",
+                   "What does {a} plus {b} equal?", "Add {a} and {b}.", "What is the sum of {a} and {b}?",
+                   "{a} plus {b}?", "what is {a} plus {b}")),
+        "heldout": (("请计算{a}加{b}。", "{a}加上{b}是几？", "{a}+{b}是多少？", "帮我算{a}加{b}。"),
+                    ("Compute {a} plus {b}.", "How much is {a} + {b}?", "What's {a} plus {b}?", "Please add {a} and {b}.")),
+    },
+    "sub": {
+        "train": (("{a}减{b}等于多少？", "{a}减{b}等于几？", "{a}-{b}等于几", "{a}减去{b}等于多少？", "{a}减{b}是多少？",
+                   "算一下{a}减{b}。", "{a}-{b}=?", "{a}减{b}", "{a}-{b}等于多少？", "{a} - {b} 等于几？",
+                   "{a}减{b}得多少？", "你知道{a}减{b}等于几吗？"),
+                  ("What is {a} minus {b}?", "{a} minus {b}", "What's {a} - {b}?", "{a} - {b} = ?",
+                   "How much is {a} minus {b}?", "Calculate {a} minus {b}.", "What is {a} - {b}?",
+                   "What does {a} minus {b} equal?", "{a} minus {b} equals?", "{a} minus {b}?")),
+        "heldout": (("请计算{a}减{b}。", "{a}减去{b}是几？", "{a}-{b}是多少？"),
+                    ("Compute {a} minus {b}.", "How much is {a} - {b}?", "What's {a} minus {b}?")),
+    },
+    "mul": {
+        "train": (("{a}乘以{b}等于多少？", "{a}乘以{b}", "{a}乘{b}等于几？", "{a}×{b}等于多少？", "{a}*{b}等于几",
+                   "{a}乘以{b}等于几？", "{a}乘{b}是多少？", "帮我算一下{a}乘以{b}。", "{a}乘以{b}是多少？", "{a}x{b}=?",
+                   "{a}×{b}=?", "算一下{a}乘{b}。", "{a}乘{b}"),
+                  ("What is {a} times {b}?", "{a} times {b}", "What's {a} x {b}?", "{a} * {b} = ?",
+                   "What is {a} multiplied by {b}?", "How much is {a} times {b}?", "Calculate {a} times {b}.",
+                   "{a} multiplied by {b}", "What is {a} * {b}?", "Multiply {a} by {b}.", "{a} times {b}?",
+                   "What is {a} x {b}?")),
+        "heldout": (("请计算{a}乘以{b}。", "{a}乘{b}得多少？", "{a}×{b}是几？"),
+                    ("Compute {a} times {b}.", "How much is {a} x {b}?", "What's {a} multiplied by {b}?")),
+    },
+    # {n} amount, {big}/{small} units (English {big} singular for 1)
+    "conversion": {
+        "train": (("{n}{big}等于多少{small}？", "{n}{big}是多少{small}？", "{n}{big}有多少{small}？", "{n}{big}等于几{small}",
+                   "把{n}{big}换成{small}。", "{n}{big}合多少{small}？", "{n}{big}换算成{small}是多少？"),
+                  ("How many {small} are in {n} {big}?", "How many {small} is {n} {big}?", "{n} {big} in {small}",
+                   "{n} {big} to {small}", "What is {n} {big} in {small}?", "How many {small} are there in {n} {big}?",
+                   "Change {n} {big} into {small}.")),
+        "heldout": (("把{n}{big}换算成{small}。", "{n}{big}是几{small}？", "请问{n}{big}有多少{small}？"),
+                    ("Convert {n} {big} to {small}.", "How many {small} make {n} {big}?", "Express {n} {big} in {small}.")),
+    },
+    "identity": {
+        "train": (("你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是什么？", "你是哪个模型？", "你是谁", "请介绍一下你自己",
+                   "你叫什么"),
+                  ("Who are you?", "What is your name?", "Introduce yourself.", "who are you", "What are you?",
+                   "Tell me about yourself.", "Which model are you?", "What's your name?")),
+        "heldout": (("请问你是什么模型？", "能介绍一下你自己吗？", "你的名字是什么？"),
+                    ("What kind of model are you?", "Can you introduce yourself?", "Please tell me who you are.")),
+    },
+    "greeting": {
+        "train": (("你好", "您好！", "你好！", "嗨", "哈喽", "你好呀", "早上好", "晚上好", "您好"),
+                  ("Hello", "Hi!", "hi", "hello", "Hey", "Hi", "Hello!", "Good morning", "hey", "Hello there")),
+        "heldout": (("嗨，你好呀", "您好呀", "你好啊"), ("Hey there", "Hi there!", "Good evening")),
+    },
+    # {w}: a word
+    "reverse": {
+        "train": (("把单词{w}倒过来写。", "把{w}倒过来写", "{w}倒过来是什么？", "倒着写{w}。", "单词{w}反过来怎么写？"),
+                  ("Reverse the word {w}.", "Reverse {w}.", "Write {w} backwards.", "What is {w} reversed?",
+                   "reverse {w}")),
+        "heldout": (("请把{w}反过来写。",), ("Please spell {w} backwards.", "What is the word {w} reversed?")),
+    },
+    "upper": {
+        "train": (("把{w}写成大写。", "{w}的大写是什么？", "把单词{w}变成大写字母。"),
+                  ("Write {w} in upper case.", "{w} in upper case", "Uppercase {w}.",
+                   "Write the word {w} in capital letters.", "Convert {w} to upper case.")),
+        "heldout": (("请把{w}转成大写。",), ("Make {w} upper case.", "Put {w} in capital letters.")),
+    },
+    "count": {
+        "train": (("单词{w}有几个字母？", "{w}有多少个字母？", "{w}这个词有几个字母？", "数一数{w}有几个字母。"),
+                  ("How many letters are in the word {w}?", "How many letters does {w} have?",
+                   "Count the letters in {w}.", "How long is the word {w}?")),
+        "heldout": (("单词{w}有多少个字母？", "{w}由几个字母组成？"),
+                    ("How many letters are there in {w}?", "What is the number of letters in {w}?")),
+    },
+    # follow-ups after a mountain question ({r} the next rank) and after a capital question ({c} the next country)
+    "next-mountain": {
+        "train": (("那{r}的呢？", "那{r}的山呢？", "{r}的呢？"), ("And the {r}?", "And the {r} one?", "How about the {r}?")),
+        "heldout": (("{r}的又是哪座？",), ("What about the {r} one?",)),
+    },
+    "next-capital": {
+        "train": (("那{c}呢？", "那{c}的首都呢？", "{c}呢？"), ("And {c}?", "How about {c}?", "And the capital of {c}?")),
+        "heldout": (("{c}的呢？",), ("What about {c}?",)),
+    },
+}
+
+
+def templates(intent: str, family: str, lang: str) -> tuple[str, ...]:
+    """The ``family`` ("train" or "heldout") templates of ``intent`` in ``lang`` ("zh" or "en")."""
+    zh, en = PHRASINGS[intent][family]
+    return zh if lang == "zh" else en
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -120,151 +365,247 @@ def capital_answer_en(i: int) -> str:
     return f"The capital of {country} is {capital}."
 
 
-# ------------------------------------------------------------------------------------------------ sets
-def _facts(phrasing: str) -> list[Conversation]:
-    """Single-turn fact questions; ``phrasing`` is "train" or "heldout"."""
-    train = phrasing == "train"
+OPERATIONS = {"add": ("加", "plus", lambda a, b: a + b), "sub": ("减", "minus", lambda a, b: a - b),
+              "mul": ("乘以", "times", lambda a, b: a * b)}
+
+
+def arithmetic_answer(op: str, a: int, b: int, lang: str) -> str:
+    zh, en, f = OPERATIONS[op]
+    return f"{a}{zh}{b}等于{f(a, b)}。" if lang == "zh" else f"{a} {en} {b} is {f(a, b)}."
+
+
+def conversion_answer(k: int, n: int, lang: str) -> str:
+    big_zh, big_en, small_zh, small_en, factor = CONVERSIONS[k]
+    if lang == "zh":
+        return f"{n}{big_zh}等于{n * factor}{small_zh}。"
+    return f"{n} {_unit(big_en, n)} is {n * factor} {small_en}."
+
+
+def _unit(plural: str, n: int) -> str:
+    return plural if n != 1 else plural[:-1]
+
+
+# ------------------------------------------------------------------------------------------------ questions
+def _ask(intent: str, family: str, lang: str, answer: str, topic: str, per_fact: int | None,
+         rng: random.Random, **slots: str) -> list[Conversation]:
+    """Conversations asking one fact with ``per_fact`` templates of the family (all when None)."""
+    pool = list(templates(intent, family, lang))
+    chosen = pool if per_fact is None or per_fact >= len(pool) else rng.sample(pool, per_fact)
+    return [Conversation(t.format(**slots), answer, topic=topic) for t in chosen]
+
+
+def _fact_questions(family: str, rng: random.Random) -> list[Conversation]:
+    """Mountains (rank and height), rivers (rank and length), capitals; every template of the family."""
     out: list[Conversation] = []
-    for i in range(len(MOUNTAINS)):
-        zh_q = ["世界上{r}的山峰是哪座？", "世界上{r}的山是什么？", "全球{r}的山峰是哪一座？"] if train \
-            else ["请问全球{r}的山峰叫什么名字？"]
-        en_q = ["What is the {r} mountain in the world?", "Which mountain is the {r} in the world?",
-                "Name the {r} mountain in the world."] if train \
-            else ["Tell me the name of the {r} mountain on Earth."]
-        out += [Conversation(q.format(r=RANKS_ZH[i]), mountain_answer_zh(i), topic="mountain") for q in zh_q]
-        out += [Conversation(q.format(r=RANKS_EN[i]), mountain_answer_en(i), topic="mountain") for q in en_q]
-    for i in range(len(RIVERS)):
-        zh_q = ["世界上{r}的河流是哪条？", "世界上{r}的河是什么？", "全球{r}的河流叫什么？"] if train \
-            else ["地球上{r}的河叫什么？"]
-        en_q = ["What is the {r} river in the world?", "Which river is the {r} in the world?",
-                "Tell me the {r} river in the world."] if train \
-            else ["Name the {r} river on Earth."]
-        out += [Conversation(q.format(r=LONG_ZH[i]), river_answer_zh(i), topic="river") for q in zh_q]
-        out += [Conversation(q.format(r=LONG_EN[i]), river_answer_en(i), topic="river") for q in en_q]
+    for i, (_, en, _) in enumerate(MOUNTAINS):
+        zh_a, en_a = mountain_answer_zh(i), mountain_answer_en(i)
+        tall = RANKS_EN[i].replace("highest", "tallest")
+        out += _ask("mountain", family, "zh", zh_a, "mountain", None, rng, r=RANKS_ZH[i])
+        out += _ask("mountain", family, "en", en_a, "mountain", None, rng, r=RANKS_EN[i], t=tall)
+        out += _ask("height", family, "zh", zh_a, "mountain", None, rng, m=MOUNTAIN_NAMES_ZH[i])
+        out += _ask("height", family, "en", en_a, "mountain", None, rng, m=en)
+    for i, (zh, en, _) in enumerate(RIVERS):
+        zh_a, en_a = river_answer_zh(i), river_answer_en(i)
+        out += _ask("river", family, "zh", zh_a, "river", None, rng, r=LONG_ZH[i])
+        out += _ask("river", family, "en", en_a, "river", None, rng, r=LONG_EN[i])
+        out += _ask("length", family, "zh", zh_a, "river", None, rng, m=zh)
+        out += _ask("length", family, "en", en_a, "river", None, rng, m=en)
     for i, (c_zh, c_en, _, _) in enumerate(CAPITALS):
-        zh_q = ["{c}的首都是哪里？", "{c}的首都是哪个城市？", "{c}的首都叫什么？"] if train \
-            else ["请告诉我{c}的首都。"]
-        en_q = ["What is the capital of {c}?", "Which city is the capital of {c}?",
-                "Tell me the capital of {c}."] if train \
-            else ["Name the capital city of {c}."]
-        out += [Conversation(q.format(c=c_zh), capital_answer_zh(i), topic="capital") for q in zh_q]
-        out += [Conversation(q.format(c=c_en), capital_answer_en(i), topic="capital") for q in en_q]
+        out += _ask("capital", family, "zh", capital_answer_zh(i), "capital", None, rng, c=c_zh)
+        out += _ask("capital", family, "en", capital_answer_en(i), "capital", None, rng, c=c_en)
     return out
 
 
-def _arithmetic(phrasing: str) -> list[Conversation]:
-    train = phrasing == "train"
+def _arithmetic(family: str, rng: random.Random) -> list[Conversation]:
+    """Training: every (a, b, operation, language) in 3 random trained phrasings; held-out: a fixed sample of
+    the pairs in one held-out phrasing each."""
     out: list[Conversation] = []
-    for a in range(13):
-        for b in range(13):
-            if train:
-                out.append(Conversation(f"{a}加{b}等于多少？", f"{a}加{b}等于{a + b}。", topic="arithmetic"))
-                out.append(Conversation(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", topic="arithmetic"))
-                if a >= b:
-                    out.append(Conversation(f"{a}减{b}等于多少？", f"{a}减{b}等于{a - b}。", topic="arithmetic"))
-                    out.append(Conversation(f"What is {a} minus {b}?", f"{a} minus {b} is {a - b}.",
-                                            topic="arithmetic"))
-            elif (a * 13 + b) % 7 == 0:  # a fixed sample in another phrasing
-                out.append(Conversation(f"请计算{a}加{b}。", f"{a}加{b}等于{a + b}。", topic="arithmetic"))
-                out.append(Conversation(f"Compute {a} plus {b}.", f"{a} plus {b} is {a + b}.", topic="arithmetic"))
-    for a in range(1, 10):
-        for b in range(1, 10):
-            if train:
-                out.append(Conversation(f"{a}乘以{b}等于多少？", f"{a}乘以{b}等于{a * b}。", topic="arithmetic"))
-                out.append(Conversation(f"What is {a} times {b}?", f"{a} times {b} is {a * b}.", topic="arithmetic"))
+    for op in OPERATIONS:
+        for a in range(ARITH_MAX + 1):
+            for b in range(ARITH_MAX + 1):
+                if family == "heldout" and (a * 13 + b + len(op)) % 7:
+                    continue
+                for lang in ("zh", "en"):
+                    answer = arithmetic_answer(op, a, b, lang)
+                    out += _ask(op, family, lang, answer, "arithmetic", 3 if family == "train" else 1, rng,
+                                a=str(a), b=str(b))
     return out
 
 
-def _conversions(phrasing: str) -> list[Conversation]:
-    train = phrasing == "train"
+def _conversions(family: str, rng: random.Random) -> list[Conversation]:
     out: list[Conversation] = []
-    for big_zh, big_en, small_zh, small_en, factor in CONVERSIONS:
-        for n in range(1, 11):
-            zh_a = f"{n}{big_zh}等于{n * factor}{small_zh}。"
-            en_a = f"{n} {big_en if n > 1 else big_en[:-1]} is {n * factor} {small_en}."
-            if train:
-                out.append(Conversation(f"{n}{big_zh}等于多少{small_zh}？", zh_a, topic="conversion"))
-                unit = big_en if n > 1 else big_en[:-1]
-                out.append(Conversation(f"How many {small_en} are in {n} {unit}?", en_a, topic="conversion"))
-            elif n % 3 == 0:
-                out.append(Conversation(f"把{n}{big_zh}换算成{small_zh}。", zh_a, topic="conversion"))
-                out.append(Conversation(f"Convert {n} {big_en} to {small_en}.", en_a, topic="conversion"))
+    for k, (big_zh, big_en, small_zh, small_en, _) in enumerate(CONVERSIONS):
+        for n in range(1, CONVERSION_MAX + 1):
+            if family == "heldout" and n % 3:
+                continue
+            out += _ask("conversion", family, "zh", conversion_answer(k, n, "zh"), "conversion",
+                        4 if family == "train" else 1, rng, n=str(n), big=big_zh, small=small_zh)
+            out += _ask("conversion", family, "en", conversion_answer(k, n, "en"), "conversion",
+                        4 if family == "train" else 1, rng, n=str(n), big=_unit(big_en, n), small=small_en)
     return out
 
 
-def _identity(phrasing: str) -> list[Conversation]:
-    if phrasing == "train":
-        zh = ["你是谁？", "你叫什么名字？", "介绍一下你自己。"]
-        en = ["Who are you?", "What is your name?", "Introduce yourself."]
-        greet_zh, greet_en = ["你好", "您好！"], ["Hello", "Hi!"]
-    else:
-        zh, en, greet_zh, greet_en = ["请问你是什么模型？"], ["What kind of model are you?"], ["嗨，你好呀"], ["Hey there"]
-    return ([Conversation(q, IDENTITY_ZH, topic="identity") for q in zh]
-            + [Conversation(q, IDENTITY_EN, topic="identity") for q in en]
-            + [Conversation(q, GREETING_ZH, topic="greeting") for q in greet_zh]
-            + [Conversation(q, GREETING_EN, topic="greeting") for q in greet_en])
-
-
-def _instructions(phrasing: str) -> list[Conversation]:
-    train = phrasing == "train"
-    words = WORDS if train else WORDS[::4]
+def _about_itself(family: str, rng: random.Random) -> list[Conversation]:
+    """Who it is and greetings (trained three times over: there are few of them)."""
     out: list[Conversation] = []
+    for intent, zh_a, en_a in (("identity", IDENTITY_ZH, IDENTITY_EN), ("greeting", GREETING_ZH, GREETING_EN)):
+        out += _ask(intent, family, "zh", zh_a, intent, None, rng)
+        out += _ask(intent, family, "en", en_a, intent, None, rng)
+    return out * 3 if family == "train" else out
+
+
+def _instructions(family: str, rng: random.Random) -> list[Conversation]:
+    """Reverse, upper-case, count the letters of the words (held-out: every fourth word)."""
+    out: list[Conversation] = []
+    words = WORDS if family == "train" else WORDS[::4]
+    per = 3 if family == "train" else None
     for w in words:
-        if train:
-            out.append(Conversation(f"Reverse the word {w}.", f"{w[::-1]}", topic="instruction"))
-            out.append(Conversation(f"把单词{w}倒过来写。", f"{w[::-1]}", topic="instruction"))
-            out.append(Conversation(f"Write {w} in upper case.", w.upper(), topic="instruction"))
-            out.append(Conversation(f"How many letters are in the word {w}?",
-                                    f"The word {w} has {len(w)} letters.", topic="instruction"))
-            out.append(Conversation(f"单词{w}有几个字母？", f"单词{w}有{len(w)}个字母。", topic="instruction"))
-        else:
-            out.append(Conversation(f"Please spell {w} backwards.", f"{w[::-1]}", topic="instruction"))
-            out.append(Conversation(f"Make {w} upper case.", w.upper(), topic="instruction"))
+        answers = {"reverse": (w[::-1], w[::-1]), "upper": (w.upper(), w.upper()),
+                   "count": (f"单词{w}有{len(w)}个字母。", f"The word {w} has {len(w)} letters.")}
+        for intent, (zh_a, en_a) in answers.items():
+            out += _ask(intent, family, "zh", zh_a, "instruction", per, rng, w=w)
+            out += _ask(intent, family, "en", en_a, "instruction", per, rng, w=w)
     return out
 
 
-def _follow_ups(phrasing: str) -> list[Conversation]:
+def _follow_ups(family: str, rng: random.Random) -> list[Conversation]:
     """Two-turn conversations whose second question only makes sense with the first."""
-    train = phrasing == "train"
     out: list[Conversation] = []
+    step = 1 if family == "train" else 3
     for i in range(len(MOUNTAINS) - 1):
-        first_zh = ("世界上{r}的山峰是哪座？" if train else "请问全球{r}的山峰叫什么名字？").format(r=RANKS_ZH[i])
-        first_en = ("What is the {r} mountain in the world?" if train
-                    else "Tell me the name of the {r} mountain on Earth.").format(r=RANKS_EN[i])
-        then_zh = ("那{r}的呢？" if train else "{r}的又是哪座？").format(r=RANKS_ZH[i + 1])
-        then_en = ("And the {r}?" if train else "What about the {r} one?").format(r=RANKS_EN[i + 1])
-        out.append(Conversation(then_zh, mountain_answer_zh(i + 1), ((first_zh, mountain_answer_zh(i)),),
-                                topic="follow-up"))
-        out.append(Conversation(then_en, mountain_answer_en(i + 1), ((first_en, mountain_answer_en(i)),),
-                                topic="follow-up"))
-    for i in range(len(CAPITALS) - 1):
-        c1_zh, c1_en = CAPITALS[i][0], CAPITALS[i][1]
-        c2_zh, c2_en = CAPITALS[i + 1][0], CAPITALS[i + 1][1]
-        if train:
-            out.append(Conversation(f"那{c2_zh}呢？", capital_answer_zh(i + 1),
-                                    ((f"{c1_zh}的首都是哪里？", capital_answer_zh(i)),), topic="follow-up"))
-            out.append(Conversation(f"And {c2_en}?", capital_answer_en(i + 1),
-                                    ((f"What is the capital of {c1_en}?", capital_answer_en(i)),),
-                                    topic="follow-up"))
-        elif i % 3 == 0:
-            out.append(Conversation(f"{c2_zh}的呢？", capital_answer_zh(i + 1),
-                                    ((f"请告诉我{c1_zh}的首都。", capital_answer_zh(i)),), topic="follow-up"))
-            out.append(Conversation(f"What about {c2_en}?", capital_answer_en(i + 1),
-                                    ((f"Name the capital city of {c1_en}.", capital_answer_en(i)),),
-                                    topic="follow-up"))
+        first_zh = rng.choice(templates("mountain", family, "zh")).format(r=RANKS_ZH[i])
+        first_en = rng.choice(templates("mountain", family, "en")).format(
+            r=RANKS_EN[i], t=RANKS_EN[i].replace("highest", "tallest"))
+        for then in templates("next-mountain", family, "zh"):
+            out.append(Conversation(then.format(r=RANKS_ZH[i + 1]), mountain_answer_zh(i + 1),
+                                    ((first_zh, mountain_answer_zh(i)),), topic="follow-up"))
+        for then in templates("next-mountain", family, "en"):
+            out.append(Conversation(then.format(r=RANKS_EN[i + 1]), mountain_answer_en(i + 1),
+                                    ((first_en, mountain_answer_en(i)),), topic="follow-up"))
+    for i in range(0, len(CAPITALS) - 1, step):
+        (c1_zh, c1_en, _, _), (c2_zh, c2_en, _, _) = CAPITALS[i], CAPITALS[i + 1]
+        first_zh = rng.choice(templates("capital", family, "zh")).format(c=c1_zh)
+        first_en = rng.choice(templates("capital", family, "en")).format(c=c1_en)
+        for then in templates("next-capital", family, "zh"):
+            out.append(Conversation(then.format(c=c2_zh), capital_answer_zh(i + 1),
+                                    ((first_zh, capital_answer_zh(i)),), topic="follow-up"))
+        for then in templates("next-capital", family, "en"):
+            out.append(Conversation(then.format(c=c2_en), capital_answer_en(i + 1),
+                                    ((first_en, capital_answer_en(i)),), topic="follow-up"))
     return out
+
+
+def _unknown(family: str, rng: random.Random) -> list[Conversation]:
+    """Questions outside the domain, answered with the refusal: unknown countries, mountains, rivers, ranks,
+    numbers above the arithmetic range, and other topics. ``family`` picks both the entities and the
+    phrasings (held-out: entities and questions never trained, in any phrasing)."""
+    out: list[Conversation] = []
+    per = 2 if family == "train" else 1
+
+    def ask(intent: str, lang: str, answer: str, **slots: str) -> None:
+        # held-out entities are asked in trained and in held-out phrasings
+        for fam in ({"train"} if family == "train" else ("train", "heldout")):
+            out.extend(_ask(intent, fam, lang, answer, "unknown", per, rng, **slots))
+
+    for zh, en in UNKNOWN_COUNTRIES[family]:
+        ask("capital", "zh", DONT_KNOW_ZH, c=zh)
+        ask("capital", "en", DONT_KNOW_EN, c=en)
+    for zh, en in UNKNOWN_MOUNTAINS[family]:
+        ask("height", "zh", DONT_KNOW_ZH, m=zh)
+        ask("height", "en", DONT_KNOW_EN, m=en)
+    for zh, en in UNKNOWN_RIVERS[family]:
+        ask("length", "zh", DONT_KNOW_ZH, m=zh)
+        ask("length", "en", DONT_KNOW_EN, m=en)
+    for zh, en in UNKNOWN_MOUNTAIN_RANKS[family]:
+        ask("mountain", "zh", DONT_KNOW_ZH, r=zh)
+        ask("mountain", "en", DONT_KNOW_EN, r=en, t=en.replace("highest", "tallest"))
+    for zh, en in UNKNOWN_RIVER_RANKS[family]:
+        ask("river", "zh", DONT_KNOW_ZH, r=zh)
+        ask("river", "en", DONT_KNOW_EN, r=en)
+    # numbers outside 0..ARITH_MAX: a fixed random sample (trained and held-out samples differ)
+    big = random.Random(f"numbers-{family}")
+    for k in range(80 if family == "train" else 24):
+        op = ("add", "sub", "mul")[k % 3]
+        lo = ARITH_MAX + 1
+        a = big.randint(lo, 99) if k % 4 else big.randint(100, 999)
+        b = big.randint(0, 99)
+        a, b = (a, b) if k % 2 else (b, a)
+        lang = "zh" if k % 8 < 4 else "en"
+        ask(op, lang, DONT_KNOW_MATH_ZH if lang == "zh" else DONT_KNOW_MATH_EN, a=str(a), b=str(b))
+    out += [Conversation(q, DONT_KNOW_ZH, topic="unknown") for q in UNKNOWN_QUESTIONS_ZH[family]]
+    out += [Conversation(q, DONT_KNOW_EN, topic="unknown") for q in UNKNOWN_QUESTIONS_EN[family]]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sets
+def training_items() -> list[Conversation]:
+    """Every trained question as a conversation of its own (follow-ups with their first round), fixed order."""
+    rng = random.Random("demo-train")
+    return (_fact_questions("train", rng) + _arithmetic("train", rng) + _conversions("train", rng)
+            + _about_itself("train", rng) + _instructions("train", rng) + _follow_ups("train", rng)
+            + _unknown("train", rng))
+
+
+# How the SFT set joins the training items: every item appears once in each of TRAINING_PASSES shufflings,
+# in conversations of 1, 2 or 3 unrelated items (weights below), so most answers follow unrelated rounds.
+TRAINING_PASSES = 2
+ROUNDS_WEIGHTS = (0.3, 0.35, 0.35)
 
 
 def training_conversations() -> list[Conversation]:
-    """The SFT set, in a fixed order (shuffling is the trainer's job, with its seed)."""
-    return (_facts("train") + _arithmetic("train") + _conversions("train") + _identity("train")
-            + _instructions("train") + _follow_ups("train"))
+    """The SFT set: the training items joined into conversations of one to three unrelated rounds."""
+    items = training_items()
+    rng = random.Random("demo-sft")
+    out: list[Conversation] = []
+    for _ in range(TRAINING_PASSES):
+        order = items[:]
+        rng.shuffle(order)
+        while order:
+            n = rng.choices((1, 2, 3), ROUNDS_WEIGHTS)[0]
+            group, order = order[:n], order[n:]
+            out.append(_joined(group))
+    return out
+
+
+def _joined(group: list[Conversation]) -> Conversation:
+    """One conversation made of ``group``'s rounds in order (the last item's question is the prompt)."""
+    turns = tuple(t for c in group for t in c.turns())
+    last = group[-1]
+    return Conversation(last.prompt, last.answer, turns[:-1], topic=last.topic)
 
 
 def heldout_conversations() -> list[Conversation]:
-    """The same facts in phrasings that never occur in training."""
-    return (_facts("heldout") + _arithmetic("heldout") + _conversions("heldout") + _identity("heldout")
-            + _instructions("heldout") + _follow_ups("heldout"))
+    """The domain's facts asked in held-out phrasings, as the first message of a conversation."""
+    rng = random.Random("demo-heldout")
+    return (_fact_questions("heldout", rng) + _arithmetic("heldout", rng) + _conversions("heldout", rng)
+            + _about_itself("heldout", rng) + _instructions("heldout", rng) + _follow_ups("heldout", rng))
+
+
+def unknown_conversations() -> list[Conversation]:
+    """Questions outside the domain (entities, ranks, numbers, topics never trained): the refusal is right."""
+    return _unknown("heldout", random.Random("demo-unknown"))
+
+
+def with_unrelated_history(conversations: list[Conversation], seed: str) -> list[Conversation]:
+    """Each conversation after one or two unrelated earlier rounds (held-out questions and their answers,
+    of another topic), drawn with ``seed``."""
+    rng = random.Random(seed)
+    pool = [c for c in heldout_conversations() + unknown_conversations() if not c.history]
+    out = []
+    for c in conversations:
+        earlier = rng.sample([p for p in pool if p.topic != c.topic], rng.choice((1, 2)))
+        out.append(_joined([*earlier, c]))
+    return out
+
+
+def ongoing_conversations() -> list[Conversation]:
+    """The held-out questions after one or two unrelated earlier rounds."""
+    return with_unrelated_history(heldout_conversations(), "demo-ongoing")
+
+
+def unknown_ongoing_conversations() -> list[Conversation]:
+    """The out-of-domain questions after one or two unrelated earlier rounds."""
+    return with_unrelated_history(unknown_conversations(), "demo-unknown-ongoing")
 
 
 def pretraining_lines() -> list[str]:
@@ -275,7 +616,8 @@ def pretraining_lines() -> list[str]:
     lines += [capital_answer_zh(i) for i in range(len(CAPITALS))]
     lines += [capital_answer_en(i) for i in range(len(CAPITALS))]
     lines += [IDENTITY_ZH, IDENTITY_EN, GREETING_ZH, GREETING_EN]
-    lines += sorted({c.answer for c in _arithmetic("train") + _conversions("train")})
+    lines += sorted({c.answer for c in _arithmetic("train", random.Random(0))
+                     + _conversions("train", random.Random(0))})
     lines += [f"The word {w} reversed is {w[::-1]}, and in upper case it is {w.upper()}." for w in WORDS]
     return lines
 

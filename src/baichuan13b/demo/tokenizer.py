@@ -10,7 +10,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from ..files import atomic_write_bytes, atomic_write_text
-from .data import heldout_conversations, pretraining_lines, training_conversations
+from .data import pretraining_lines, training_items
 
 # Control symbols (never produced from text, dropped by decode) for the chat roles, as ids 3 and 4.
 USER_TOKEN, ASSISTANT_TOKEN = "<reserved_102>", "<reserved_103>"
@@ -18,13 +18,12 @@ USER_TOKEN_ID, ASSISTANT_TOKEN_ID = 3, 4
 
 
 def corpus_lines() -> list[str]:
-    """Every text the demo model sees, in training order (held-out phrasings included so their characters
-    exist as pieces; their answers are the same strings)."""
+    """Every text the demo model is trained on, and nothing held out (a character that occurs only in held-out
+    or unknown questions falls back to bytes, as anything else a user types)."""
     lines = list(pretraining_lines())
-    for c in training_conversations() + heldout_conversations():
-        for user, assistant in c.history:
+    for c in training_items():
+        for user, assistant in c.turns():
             lines += [user, assistant]
-        lines += [c.prompt, c.answer]
     return lines
 
 
