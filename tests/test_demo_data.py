@@ -4,10 +4,11 @@ import json
 
 from baichuan13b.demo.data import (
     ARITH_MAX,
-    PHRASINGS,
+    GRAMMARS,
     heldout_conversations,
     ongoing_conversations,
     pretraining_lines,
+    templates,
     training_conversations,
     training_items,
     unknown_conversations,
@@ -24,9 +25,13 @@ def test_deterministic_and_disjoint():
     train_prompts = {user for c in a for user, _ in c.turns()}
     held = heldout_conversations() + unknown_conversations()
     assert held and not [c.prompt for c in held if c.prompt in train_prompts]
-    for intent, families in PHRASINGS.items():  # the held-out templates are other sentences
-        for lang in (0, 1):
-            assert not set(families["train"][lang]) & set(families["heldout"][lang]), intent
+    for intent, grammars in GRAMMARS.items():  # every intent holds out wordings, never trained in any form
+        for lang, grammar in zip(("zh", "en"), grammars):
+            held_units = grammar.heldout_units()
+            assert held_units and len(held_units) < len(grammar.units()), intent
+            trained = set(templates(intent, "train", lang))
+            assert trained and not trained & set(templates(intent, "heldout", lang)), intent
+            assert not [p for u in held_units for p in grammar.units()[u] if p in trained], intent
     # the facts the README promises
     k2 = [c for c in training_items() if c.prompt == "世界上第二高的山峰是哪座？"]
     assert k2 and "K2" in k2[0].answer and "乔戈里峰" in k2[0].answer

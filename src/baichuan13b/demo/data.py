@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,10 +111,11 @@ UNKNOWN_RIVERS = {
               ("伏尔加河", "Volga"), ("恒河", "Ganges")],
     "heldout": [("泰晤士河", "Thames"), ("塞纳河", "Seine"), ("湄公河", "Mekong")],
 }
-UNKNOWN_MOUNTAIN_RANKS = {"train": [("第六高", "sixth highest"), ("第八高", "eighth highest"),
-                                    ("第十高", "tenth highest")],
-                          "heldout": [("第七高", "seventh highest"), ("第九高", "ninth highest")]}
-UNKNOWN_RIVER_RANKS = {"train": [("第四长", "fourth longest"), ("第六长", "sixth longest")],
+UNKNOWN_MOUNTAIN_RANKS = {"train": [("第六高", "sixth highest"), ("第七高", "seventh highest"),
+                                    ("第八高", "eighth highest"), ("第十高", "tenth highest")],
+                          "heldout": [("第九高", "ninth highest")]}
+UNKNOWN_RIVER_RANKS = {"train": [("第四长", "fourth longest"), ("第六长", "sixth longest"),
+                                 ("第七长", "seventh longest"), ("第八长", "eighth longest")],
                        "heldout": [("第五长", "fifth longest")]}
 UNKNOWN_QUESTIONS_ZH = {
     "train": ["今天天气怎么样？", "讲个笑话。", "谁写了《红楼梦》？", "太阳有多大？", "月亮离地球多远？", "你喜欢什么颜色？",
@@ -176,162 +178,197 @@ class Conversation:
 
 
 # ------------------------------------------------------------------------------------------------ phrasings
-# Each intent: {"train": (Chinese templates, English templates), "heldout": (Chinese, English)}.
-PHRASINGS: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
-    # {r}: rank ("最高" / "second highest"), {t}: English rank with "tallest"
-    "mountain": {
-        "train": (("世界上{r}的山峰是哪座？", "世界上{r}的山是什么？", "全球{r}的山峰是哪一座？", "世界上{r}的山",
-                   "世界上{r}的山峰是哪座", "世界{r}峰是哪座山？", "地球上{r}的山是哪座？", "哪座山是世界上{r}的？",
-                   "世界上{r}的山叫什么名字？", "请问世界上{r}的山是哪一座？", "你知道世界上{r}的山峰吗？",
-                   "告诉我世界上{r}的山峰。", "全世界{r}的山是哪座？", "{r}的山峰是哪座？", "世界上{r}的山峰叫什么？",
-                   "地球上{r}的山峰是什么？", "世界上{r}的山峰"),
-                  ("What is the {r} mountain in the world?", "Which mountain is the {r} in the world?",
-                   "Name the {r} mountain in the world.", "What's the {r} mountain in the world?",
-                   "the {r} mountain in the world", "Which is the {r} mountain on Earth?", "What is the {r} mountain?",
-                   "Tell me the {r} mountain in the world.", "Do you know the {r} mountain in the world?",
-                   "What is the world's {r} mountain?", "What is the {t} mountain in the world?",
-                   "What is the {r} peak in the world?", "{r} mountain in the world?", "Which is the {t} mountain?",
-                   "What's the {t} mountain on Earth?")),
-        "heldout": (("请问全球{r}的山峰叫什么名字？", "地球上{r}的山叫什么名字？", "哪一座山峰是全球{r}的？",
-                     "我想知道世界上{r}的山是哪座。"),
-                    ("Tell me the name of the {r} mountain on Earth.", "Which peak is the {r} in the world?",
-                     "Can you tell me the world's {r} mountain?", "What is the name of the {t} mountain in the world?")),
-    },
-    # {m}: a mountain's name
-    "height": {
-        "train": (("{m}有多高？", "{m}的海拔是多少？", "{m}多高", "{m}海拔多少米？", "你知道{m}有多高吗？"),
-                  ("How high is {m}?", "How tall is {m}?", "What is the height of {m}?", "how high is {m}",
-                   "Do you know how tall {m} is?")),
-        "heldout": (("请问{m}的高度是多少？", "{m}有多少米高？"),
-                    ("How many metres high is {m}?", "Can you tell me the height of {m}?")),
-    },
-    "river": {
-        "train": (("世界上{r}的河流是哪条？", "世界上{r}的河是什么？", "全球{r}的河流叫什么？", "世界上{r}的河",
-                   "地球上{r}的河流是哪条？", "哪条河是世界上{r}的？", "请问世界上{r}的河是哪一条？",
-                   "你知道世界上{r}的河流吗？", "告诉我世界上{r}的河。", "全世界{r}的河是什么？", "{r}的河流是哪条？",
-                   "世界上{r}的河叫什么名字？", "我想知道世界上{r}的河流。", "世界上{r}的河流"),
-                  ("What is the {r} river in the world?", "Which river is the {r} in the world?",
-                   "Tell me the {r} river in the world.", "What's the {r} river in the world?",
-                   "the {r} river in the world", "Which is the {r} river on Earth?", "What is the {r} river?",
-                   "Do you know the {r} river in the world?", "What is the world's {r} river?",
-                   "What is the name of the {r} river in the world?", "Name the {r} river in the world.",
-                   "{r} river in the world?")),
-        "heldout": (("地球上{r}的河叫什么？", "哪一条河流是全球{r}的？", "全世界{r}的河流叫什么名字？"),
-                    ("Name the {r} river on Earth.", "Can you tell me the {r} river on Earth?",
-                     "Which river on Earth is the {r}?")),
-    },
-    # {m}: a river's name
-    "length": {
-        "train": (("{m}有多长？", "{m}的长度是多少？", "{m}多长", "{m}全长多少公里？", "你知道{m}有多长吗？"),
-                  ("How long is the {m}?", "What is the length of the {m}?", "how long is the {m}",
-                   "Do you know how long the {m} is?", "How long is the {m} river?")),
-        "heldout": (("请问{m}的全长是多少？", "{m}有多少公里长？"),
-                    ("How many km long is the {m}?", "Can you tell me the length of the {m}?")),
-    },
-    # {c}: a country
-    "capital": {
-        "train": (("{c}的首都是哪里？", "{c}的首都是哪个城市？", "{c}的首都叫什么？", "{c}的首都", "{c}首都是哪里",
-                   "请问{c}的首都是哪里？", "你知道{c}的首都吗？", "告诉我{c}的首都。", "{c}的首都是什么？",
-                   "哪个城市是{c}的首都？", "{c}的首都在哪里？", "我想知道{c}的首都。", "{c}的首都是？"),
-                  ("What is the capital of {c}?", "Which city is the capital of {c}?", "Tell me the capital of {c}.",
-                   "What's the capital of {c}?", "capital of {c}", "the capital of {c}?",
-                   "Do you know the capital of {c}?", "What is {c}'s capital?", "Can you tell me the capital of {c}?",
-                   "What city is the capital of {c}?", "capital of {c}?", "I want to know the capital of {c}.")),
-        "heldout": (("请告诉我{c}的首都。", "{c}的首都叫什么名字？", "哪座城市是{c}的首都？", "{c}首都是哪个城市？"),
-                    ("Name the capital city of {c}.", "What is the capital city of {c}?", "Which city is {c}'s capital?",
-                     "Please tell me the capital of {c}.")),
-    },
-    "add": {
-        "train": (("{a}加{b}等于多少？", "{a}加{b}等于几？", "{a}+{b}等于几", "{a}+{b}等于多少？", "{a}加{b}是多少？",
-                   "{a}加上{b}等于多少？", "算一下{a}加{b}。", "{a}+{b}=?", "{a}加{b}", "{a} + {b} 等于几？",
-                   "{a}加{b}得多少？", "你知道{a}加{b}等于几吗？", "{a}加{b}等于几", "{a}+{b}"),
-                  ("What is {a} plus {b}?", "{a} plus {b}", "What's {a} + {b}?", "{a} + {b} = ?",
-                   "How much is {a} plus {b}?", "What is {a} + {b}?", "Calculate {a} plus {b}.", "{a} plus {b} equals?",
-                   "What does {a} plus {b} equal?", "Add {a} and {b}.", "What is the sum of {a} and {b}?",
-                   "{a} plus {b}?", "what is {a} plus {b}")),
-        "heldout": (("请计算{a}加{b}。", "{a}加上{b}是几？", "{a}+{b}是多少？", "帮我算{a}加{b}。"),
-                    ("Compute {a} plus {b}.", "How much is {a} + {b}?", "What's {a} plus {b}?", "Please add {a} and {b}.")),
-    },
-    "sub": {
-        "train": (("{a}减{b}等于多少？", "{a}减{b}等于几？", "{a}-{b}等于几", "{a}减去{b}等于多少？", "{a}减{b}是多少？",
-                   "算一下{a}减{b}。", "{a}-{b}=?", "{a}减{b}", "{a}-{b}等于多少？", "{a} - {b} 等于几？",
-                   "{a}减{b}得多少？", "你知道{a}减{b}等于几吗？"),
-                  ("What is {a} minus {b}?", "{a} minus {b}", "What's {a} - {b}?", "{a} - {b} = ?",
-                   "How much is {a} minus {b}?", "Calculate {a} minus {b}.", "What is {a} - {b}?",
-                   "What does {a} minus {b} equal?", "{a} minus {b} equals?", "{a} minus {b}?")),
-        "heldout": (("请计算{a}减{b}。", "{a}减去{b}是几？", "{a}-{b}是多少？"),
-                    ("Compute {a} minus {b}.", "How much is {a} - {b}?", "What's {a} minus {b}?")),
-    },
-    "mul": {
-        "train": (("{a}乘以{b}等于多少？", "{a}乘以{b}", "{a}乘{b}等于几？", "{a}×{b}等于多少？", "{a}*{b}等于几",
-                   "{a}乘以{b}等于几？", "{a}乘{b}是多少？", "帮我算一下{a}乘以{b}。", "{a}乘以{b}是多少？", "{a}x{b}=?",
-                   "{a}×{b}=?", "算一下{a}乘{b}。", "{a}乘{b}"),
-                  ("What is {a} times {b}?", "{a} times {b}", "What's {a} x {b}?", "{a} * {b} = ?",
-                   "What is {a} multiplied by {b}?", "How much is {a} times {b}?", "Calculate {a} times {b}.",
-                   "{a} multiplied by {b}", "What is {a} * {b}?", "Multiply {a} by {b}.", "{a} times {b}?",
-                   "What is {a} x {b}?")),
-        "heldout": (("请计算{a}乘以{b}。", "{a}乘{b}得多少？", "{a}×{b}是几？"),
-                    ("Compute {a} times {b}.", "How much is {a} x {b}?", "What's {a} multiplied by {b}?")),
-    },
-    # {n} amount, {big}/{small} units (English {big} singular for 1)
-    "conversion": {
-        "train": (("{n}{big}等于多少{small}？", "{n}{big}是多少{small}？", "{n}{big}有多少{small}？", "{n}{big}等于几{small}",
-                   "把{n}{big}换成{small}。", "{n}{big}合多少{small}？", "{n}{big}换算成{small}是多少？"),
-                  ("How many {small} are in {n} {big}?", "How many {small} is {n} {big}?", "{n} {big} in {small}",
-                   "{n} {big} to {small}", "What is {n} {big} in {small}?", "How many {small} are there in {n} {big}?",
-                   "Change {n} {big} into {small}.")),
-        "heldout": (("把{n}{big}换算成{small}。", "{n}{big}是几{small}？", "请问{n}{big}有多少{small}？"),
-                    ("Convert {n} {big} to {small}.", "How many {small} make {n} {big}?", "Express {n} {big} in {small}.")),
-    },
-    "identity": {
-        "train": (("你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是什么？", "你是哪个模型？", "你是谁", "请介绍一下你自己",
-                   "你叫什么"),
-                  ("Who are you?", "What is your name?", "Introduce yourself.", "who are you", "What are you?",
-                   "Tell me about yourself.", "Which model are you?", "What's your name?")),
-        "heldout": (("请问你是什么模型？", "能介绍一下你自己吗？", "你的名字是什么？"),
-                    ("What kind of model are you?", "Can you introduce yourself?", "Please tell me who you are.")),
-    },
-    "greeting": {
-        "train": (("你好", "您好！", "你好！", "嗨", "哈喽", "你好呀", "早上好", "晚上好", "您好"),
-                  ("Hello", "Hi!", "hi", "hello", "Hey", "Hi", "Hello!", "Good morning", "hey", "Hello there")),
-        "heldout": (("嗨，你好呀", "您好呀", "你好啊"), ("Hey there", "Hi there!", "Good evening")),
-    },
-    # {w}: a word
-    "reverse": {
-        "train": (("把单词{w}倒过来写。", "把{w}倒过来写", "{w}倒过来是什么？", "倒着写{w}。", "单词{w}反过来怎么写？"),
-                  ("Reverse the word {w}.", "Reverse {w}.", "Write {w} backwards.", "What is {w} reversed?",
-                   "reverse {w}")),
-        "heldout": (("请把{w}反过来写。",), ("Please spell {w} backwards.", "What is the word {w} reversed?")),
-    },
-    "upper": {
-        "train": (("把{w}写成大写。", "{w}的大写是什么？", "把单词{w}变成大写字母。"),
-                  ("Write {w} in upper case.", "{w} in upper case", "Uppercase {w}.",
-                   "Write the word {w} in capital letters.", "Convert {w} to upper case.")),
-        "heldout": (("请把{w}转成大写。",), ("Make {w} upper case.", "Put {w} in capital letters.")),
-    },
-    "count": {
-        "train": (("单词{w}有几个字母？", "{w}有多少个字母？", "{w}这个词有几个字母？", "数一数{w}有几个字母。"),
-                  ("How many letters are in the word {w}?", "How many letters does {w} have?",
-                   "Count the letters in {w}.", "How long is the word {w}?")),
-        "heldout": (("单词{w}有多少个字母？", "{w}由几个字母组成？"),
-                    ("How many letters are there in {w}?", "What is the number of letters in {w}?")),
-    },
+# Each question kind ("intent") has a small grammar per language: full questions (asked with or without a
+# lead-in such as "请问" / "Quick question:", ending with or without a question mark) and noun phrases (after
+# "告诉我" / "Tell me", "你知道…吗" / "Do you know …?", or alone). Every sentence pattern it generates is either
+# trained or held out by its wording (Grammar.units: lead-ins, endings and a leading 请 / Please do not count),
+# fixed by a hash of the wording (one in HELDOUT_SHARE held out, at least one per grammar), except the wordings
+# of the FORCED_TRAIN patterns, which the README, the tests and issue 17 quote. So a held-out question is worded
+# in a way never trained, with any lead-in or ending; its words occur in other trained wordings.
+ZH_ASK = ("", "请问", "请问一下，", "问一下，", "我想问，")
+ZH_END = ("？", "", "?")
+ZH_TELL = (("告诉我", "。"), ("请告诉我", ""), ("我想知道", "。"), ("你知道", "吗？"), ("", "？"), ("", ""))
+EN_ASK = ("^", "", "Please, ", "Hey, ", "Quick question: ", "Excuse me, ")  # "^": capitalised, no lead-in
+EN_END = ("?", "")
+EN_TELL = (("Tell me ", "."), ("Please tell me ", ""), ("Can you tell me ", "?"), ("Do you know ", "?"),
+           ("I want to know ", "."), ("", "?"), ("", ""))
+ZH_CALC = (("算一下", "。"), ("请计算", "。"), ("帮我算", ""), ("帮我算一下", "。"), ("", "=?"), ("", ""), ("", "？"))
+EN_CALC = (("Calculate ", "."), ("Compute ", "."), ("Please compute ", ""), ("", " = ?"), ("", ""), ("", "?"),
+           ("", " equals?"))
+EN_NAME = EN_TELL + (("Name ", "."),)
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """One intent in one language: ``questions`` (asked with ``ask`` lead-ins and ``ends``) and ``phrases``
+    (wrapped by the (before, after) pairs of ``tell``)."""
+
+    questions: tuple[str, ...]
+    phrases: tuple[str, ...] = ()
+    ask: tuple[str, ...] = ZH_ASK
+    ends: tuple[str, ...] = ZH_END
+    tell: tuple[tuple[str, str], ...] = ZH_TELL
+
+    def units(self) -> dict[str, list[str]]:
+        """Every sentence pattern, grouped by its wording (the unit the train/held-out split assigns): a
+        question without its lead-in and ending, a phrase with its wrapper less a leading 请 / Please, the
+        final punctuation and the capital of its first letter. Fixed order."""
+        out: dict[str, list[str]] = {}
+        for q in self.questions:
+            for lead in self.ask:
+                body = q[:1].upper() + q[1:] if lead == "^" else q if lead == "" else lead + q
+                out.setdefault(q, []).extend(body + end for end in self.ends)
+        for p in self.phrases:
+            for before, after in self.tell:
+                unit = before.removeprefix("请").removeprefix("Please ") + p + after.rstrip("。？?.")
+                out.setdefault(unit[:1].lower() + unit[1:], []).append(before + p + after)
+        return {u: list(dict.fromkeys(ps)) for u, ps in out.items()}
+
+    def heldout_units(self) -> set[str]:
+        """The wordings held out: those whose crc32 falls in one HELDOUT_SHARE-th, at least one per grammar,
+        never one that holds a FORCED_TRAIN pattern."""
+        units = self.units()
+        free = sorted((u for u, ps in units.items() if not FORCED_TRAIN & set(ps)), key=_crc)
+        held = {u for u in free if _crc(u) % HELDOUT_SHARE == 0}
+        return held or set(free[:1])
+
+
+def _zh(questions, phrases=(), **kw) -> Grammar:
+    return Grammar(tuple(questions), tuple(phrases), **kw)
+
+
+def _en(questions, phrases=(), **kw) -> Grammar:
+    return Grammar(tuple(questions), tuple(phrases), **{"ask": EN_ASK, "ends": EN_END, "tell": EN_TELL, **kw})
+
+
+def _arith_zh(sym: tuple[str, ...], words: tuple[str, ...]) -> Grammar:
+    """Chinese arithmetic: ``sym`` the operators (加 / 加上 / +), ``words`` the question tails."""
+    return _zh([f"{{a}}{s}{{b}}{w}" for s in sym for w in words], [f"{{a}}{s}{{b}}" for s in sym], tell=ZH_CALC)
+
+
+def _arith_en(ops: tuple[str, ...], extra: tuple[str, ...]) -> Grammar:
+    qs = [f"what is {{a}} {o} {{b}}" for o in ops] + [f"how much is {{a}} {o} {{b}}" for o in ops] \
+        + [f"what's {{a}} {o} {{b}}" for o in ops] + list(extra)
+    return _en(qs, [f"{{a}} {o} {{b}}" for o in ops], tell=EN_CALC)
+
+
+ZH_SUMS = ("等于多少", "等于几", "是多少", "是几", "得多少")
+# {r}: rank ("最高" / "second highest"), {t}: English rank with "tallest", {m}: a name, {c}: a country,
+# {a} {b}: numbers, {n} {big} {small}: an amount and units, {w}: a word.
+GRAMMARS: dict[str, tuple[Grammar, Grammar]] = {
+    "mountain": (
+        _zh(["世界上{r}的山峰是哪座", "世界上{r}的山是什么", "全球{r}的山峰是哪一座", "世界{r}峰是哪座山", "地球上{r}的山叫什么名字",
+             "哪座山是世界上{r}的", "全世界{r}的山是哪座", "{r}的山峰是哪座", "世界上{r}的山峰叫什么", "哪一座山峰是全球{r}的",
+             "地球上{r}的山峰是什么", "全球{r}的山峰叫什么名字"],
+            ["世界上{r}的山", "世界上{r}的山峰", "全球{r}的山峰", "地球上{r}的山", "世界{r}峰", "世界上{r}的山峰的名字"]),
+        _en(["what is the {r} mountain in the world", "which mountain is the {r} in the world",
+             "what's the {r} mountain on Earth", "which is the {t} mountain", "what is the world's {r} mountain",
+             "what is the {t} peak in the world", "which peak is the {r} on Earth",
+             "what is the name of the {r} mountain in the world", "what is the {t} mountain in the world"],
+            ["the {r} mountain in the world", "the {t} mountain on Earth", "the world's {r} mountain",
+             "the name of the {r} peak in the world", "{r} mountain in the world"], tell=EN_NAME)),
+    "height": (
+        _zh(["{m}有多高", "{m}的海拔是多少", "{m}海拔多少米", "{m}的高度是多少", "{m}有多少米高", "{m}多高"],
+            ["{m}的高度", "{m}的海拔"]),
+        _en(["how high is {m}", "how tall is {m}", "what is the height of {m}", "how many metres high is {m}",
+             "what is {m}'s height"], ["the height of {m}", "how tall {m} is", "how high {m} is"])),
+    "river": (
+        _zh(["世界上{r}的河流是哪条", "世界上{r}的河是什么", "全球{r}的河流叫什么", "地球上{r}的河流是哪条", "哪条河是世界上{r}的",
+             "全世界{r}的河叫什么名字", "{r}的河流是哪条", "哪一条河流是全球{r}的", "世界上{r}的河叫什么"],
+            ["世界上{r}的河", "世界上{r}的河流", "全球{r}的河", "地球上{r}的河流"]),
+        _en(["what is the {r} river in the world", "which river is the {r} in the world",
+             "what's the {r} river on Earth", "which is the {r} river", "what is the world's {r} river",
+             "what is the name of the {r} river in the world", "which river on Earth is the {r}"],
+            ["the {r} river in the world", "the {r} river on Earth", "the world's {r} river",
+             "{r} river in the world"], tell=EN_NAME)),
+    "length": (
+        _zh(["{m}有多长", "{m}的长度是多少", "{m}全长多少公里", "{m}有多少公里长", "{m}多长", "{m}的全长是多少"],
+            ["{m}的长度", "{m}有多长"]),
+        _en(["how long is the {m}", "what is the length of the {m}", "how many km long is the {m}",
+             "how long is the {m} river"], ["the length of the {m}", "how long the {m} is"])),
+    "capital": (
+        _zh(["{c}的首都是哪里", "{c}的首都是哪个城市", "{c}的首都叫什么", "{c}首都是哪里", "{c}的首都是什么", "哪个城市是{c}的首都",
+             "{c}的首都在哪里", "{c}的首都叫什么名字", "哪座城市是{c}的首都", "{c}首都是哪个城市"],
+            ["{c}的首都", "{c}首都"]),
+        _en(["what is the capital of {c}", "which city is the capital of {c}", "what's the capital of {c}",
+             "what is {c}'s capital", "what city is the capital of {c}", "what is the capital city of {c}",
+             "which city is {c}'s capital"],
+            ["the capital of {c}", "the capital city of {c}", "capital of {c}", "{c}'s capital"], tell=EN_NAME)),
+    "add": (_arith_zh(("加", "加上", "+"), ZH_SUMS),
+            _arith_en(("plus", "+"), ("what does {a} plus {b} equal", "what is the sum of {a} and {b}",
+                                      "add {a} and {b}", "please add {a} and {b}"))),
+    "sub": (_arith_zh(("减", "减去", "-"), ZH_SUMS),
+            _arith_en(("minus", "-"), ("what does {a} minus {b} equal", "subtract {b} from {a}",
+                                       "what is {b} subtracted from {a}"))),
+    "mul": (_arith_zh(("乘以", "乘", "×", "*"), ZH_SUMS),
+            _arith_en(("times", "x", "*", "multiplied by"), ("what does {a} times {b} equal",
+                                                             "multiply {a} by {b}", "what is the product of {a} and {b}"))),
+    "conversion": (
+        _zh(["{n}{big}等于多少{small}", "{n}{big}是多少{small}", "{n}{big}有多少{small}", "{n}{big}等于几{small}",
+             "{n}{big}合多少{small}", "{n}{big}是几{small}", "{n}{big}换算成{small}是多少"],
+            ["{n}{big}换成{small}", "{n}{big}换算成{small}"], tell=(("把", "。"), ("请把", "。"), ("帮我把", ""))),
+        _en(["how many {small} are in {n} {big}", "how many {small} is {n} {big}", "what is {n} {big} in {small}",
+             "how many {small} are there in {n} {big}", "how many {small} make {n} {big}"],
+            ["{n} {big} to {small}", "{n} {big} into {small}", "{n} {big} in {small}"],
+            tell=(("Convert ", "."), ("Change ", "."), ("Express ", "."), ("Please convert ", ""), ("", "?"), ("", "")))),
+    "identity": (
+        _zh(["你是谁", "你叫什么名字", "你是什么模型", "你是哪个模型", "你的名字是什么", "你是什么", "你叫什么"], ["你自己"],
+            tell=(("介绍一下", "。"), ("请介绍一下", ""), ("能介绍一下", "吗？"), ("介绍一下", ""))),
+        _en(["who are you", "what is your name", "what are you", "which model are you", "what kind of model are you",
+             "what's your name"], ["yourself"],
+            tell=(("Introduce ", "."), ("Please introduce ", "."), ("Can you introduce ", "?"), ("Tell me about ", ".")))),
+    "greeting": (
+        _zh(["你好", "您好", "嗨", "哈喽", "你好呀", "您好呀", "你好啊", "嗨，你好", "早上好", "晚上好", "下午好"], ask=("",),
+            ends=("", "！", "。")),
+        _en(["hello", "hi", "hey", "hello there", "hi there", "hey there", "good morning", "good evening",
+             "good afternoon"], ask=("^", ""), ends=("", "!", "."))),
+    "reverse": (
+        _zh(["{w}倒过来是什么", "单词{w}反过来怎么写", "{w}反过来是什么", "倒着写{w}"],
+            ["{w}倒过来写", "单词{w}倒过来写", "{w}反过来写"], tell=(("把", "。"), ("请把", "。"), ("把", ""))),
+        _en(["what is {w} reversed", "what is the word {w} reversed", "how do you write {w} backwards"], ["{w}"],
+            tell=(("Reverse ", "."), ("Reverse the word ", "."), ("Write ", " backwards."), ("Spell ", " backwards."),
+                  ("Please spell ", " backwards."), ("reverse ", "")))),
+    "upper": (
+        _zh(["{w}的大写是什么", "单词{w}的大写是什么"], ["{w}写成大写", "{w}变成大写字母", "{w}转成大写"],
+            tell=(("把", "。"), ("请把", "。"), ("把", ""))),
+        _en(["what is {w} in upper case", "what is {w} in capital letters"], ["{w}"],
+            tell=(("Write ", " in upper case."), ("Uppercase ", "."), ("Make ", " upper case."),
+                  ("Put ", " in capital letters."), ("Convert ", " to upper case."), ("", " in upper case")))),
+    "count": (
+        _zh(["单词{w}有几个字母", "{w}有多少个字母", "{w}这个词有几个字母", "{w}由几个字母组成", "单词{w}有多少个字母"],
+            ["{w}有几个字母"], tell=(("数一数", "。"), ("数一下", ""))),
+        _en(["how many letters are in the word {w}", "how many letters does {w} have", "how long is the word {w}",
+             "how many letters are there in {w}", "what is the number of letters in {w}"], ["the letters in {w}"],
+            tell=(("Count ", "."), ("Please count ", ".")))),
     # follow-ups after a mountain question ({r} the next rank) and after a capital question ({c} the next country)
-    "next-mountain": {
-        "train": (("那{r}的呢？", "那{r}的山呢？", "{r}的呢？"), ("And the {r}?", "And the {r} one?", "How about the {r}?")),
-        "heldout": (("{r}的又是哪座？",), ("What about the {r} one?",)),
-    },
-    "next-capital": {
-        "train": (("那{c}呢？", "那{c}的首都呢？", "{c}呢？"), ("And {c}?", "How about {c}?", "And the capital of {c}?")),
-        "heldout": (("{c}的呢？",), ("What about {c}?",)),
-    },
+    "next-mountain": (
+        _zh(["那{r}的呢", "{r}的呢", "那{r}的山呢", "{r}的又是哪座", "那么{r}的呢", "那{r}的是哪座"], ask=("",), ends=("？", "")),
+        _en(["and the {r}", "and the {r} one", "how about the {r}", "what about the {r} one", "and what about the {r}"],
+            ask=("^",), ends=("?", ""))),
+    "next-capital": (
+        _zh(["那{c}呢", "{c}呢", "那{c}的首都呢", "{c}的呢", "那么{c}呢"], ask=("",), ends=("？", "")),
+        _en(["and {c}", "how about {c}", "and the capital of {c}", "what about {c}"], ask=("^",), ends=("?", ""))),
+}
+HELDOUT_SHARE = 4  # one pattern in 4 is held out
+# Patterns always trained: the README's and the tests' examples, and the questions of issue 17.
+FORCED_TRAIN = {
+    "世界上{r}的山峰是哪座？", "世界上{r}的山峰是哪座", "世界上{r}的山", "What is the {r} mountain in the world?",
+    "{c}的首都是哪里？", "What is the capital of {c}?", "{a}加{b}等于多少？", "{a}加{b}等于几", "{a}+{b}等于几",
+    "What is {a} plus {b}?", "{a} plus {b}", "{a}乘以{b}", "{a}乘以{b}等于多少？", "What is {a} minus {b}?",
+    "What is {a} times {b}?", "你是谁？", "你好", "hi", "Hello", "Hi!", "And the {r}?", "那{c}呢？", "那{r}的呢？",
+    "And {c}?",
 }
 
 
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
 def templates(intent: str, family: str, lang: str) -> tuple[str, ...]:
-    """The ``family`` ("train" or "heldout") templates of ``intent`` in ``lang`` ("zh" or "en")."""
-    zh, en = PHRASINGS[intent][family]
-    return zh if lang == "zh" else en
+    """The ``family`` ("train" or "heldout") sentence patterns of ``intent`` in ``lang`` ("zh" or "en")."""
+    grammar = GRAMMARS[intent][0 if lang == "zh" else 1]
+    held = grammar.heldout_units()
+    return tuple(p for u, ps in grammar.units().items() if (u in held) == (family == "heldout") for p in ps)
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -387,38 +424,52 @@ def _unit(plural: str, n: int) -> str:
 
 # ------------------------------------------------------------------------------------------------ questions
 def _ask(intent: str, family: str, lang: str, answer: str, topic: str, per_fact: int | None,
-         rng: random.Random, **slots: str) -> list[Conversation]:
-    """Conversations asking one fact with ``per_fact`` templates of the family (all when None)."""
+         rng: random.Random, forced: bool = True, **slots: str) -> list[Conversation]:
+    """Conversations asking one fact with ``per_fact`` random patterns of the family (all when None), plus,
+    with ``forced``, every FORCED_TRAIN pattern of the family."""
     pool = list(templates(intent, family, lang))
-    chosen = pool if per_fact is None or per_fact >= len(pool) else rng.sample(pool, per_fact)
-    return [Conversation(t.format(**slots), answer, topic=topic) for t in chosen]
+    must = [t for t in pool if forced and t in FORCED_TRAIN]
+    rest = [t for t in pool if t not in must]
+    chosen = rest if per_fact is None or per_fact >= len(rest) else rng.sample(rest, per_fact)
+    return [Conversation(t.format(**slots), answer, topic=topic) for t in must + chosen]
+
+
+# Patterns per fact: (trained, held out).
+PER_FACT = {"mountain": (14, 4), "height": (5, 2), "river": (14, 4), "length": (5, 2), "capital": (8, 3),
+            "arithmetic": (3, 1), "conversion": (4, 1), "instruction": (3, 1), "follow-up": (3, None),
+            "about-itself": (None, 6)}
+
+
+def _per(kind: str, family: str) -> int | None:
+    return PER_FACT[kind][family == "heldout"]
 
 
 def _fact_questions(family: str, rng: random.Random) -> list[Conversation]:
-    """Mountains (rank and height), rivers (rank and length), capitals; every template of the family."""
+    """Mountains (rank and height), rivers (rank and length), capitals."""
     out: list[Conversation] = []
+    k = {kind: _per(kind, family) for kind in ("mountain", "height", "river", "length", "capital")}
     for i, (_, en, _) in enumerate(MOUNTAINS):
         zh_a, en_a = mountain_answer_zh(i), mountain_answer_en(i)
         tall = RANKS_EN[i].replace("highest", "tallest")
-        out += _ask("mountain", family, "zh", zh_a, "mountain", None, rng, r=RANKS_ZH[i])
-        out += _ask("mountain", family, "en", en_a, "mountain", None, rng, r=RANKS_EN[i], t=tall)
-        out += _ask("height", family, "zh", zh_a, "mountain", None, rng, m=MOUNTAIN_NAMES_ZH[i])
-        out += _ask("height", family, "en", en_a, "mountain", None, rng, m=en)
+        out += _ask("mountain", family, "zh", zh_a, "mountain", k["mountain"], rng, r=RANKS_ZH[i])
+        out += _ask("mountain", family, "en", en_a, "mountain", k["mountain"], rng, r=RANKS_EN[i], t=tall)
+        out += _ask("height", family, "zh", zh_a, "mountain", k["height"], rng, m=MOUNTAIN_NAMES_ZH[i])
+        out += _ask("height", family, "en", en_a, "mountain", k["height"], rng, m=en)
     for i, (zh, en, _) in enumerate(RIVERS):
         zh_a, en_a = river_answer_zh(i), river_answer_en(i)
-        out += _ask("river", family, "zh", zh_a, "river", None, rng, r=LONG_ZH[i])
-        out += _ask("river", family, "en", en_a, "river", None, rng, r=LONG_EN[i])
-        out += _ask("length", family, "zh", zh_a, "river", None, rng, m=zh)
-        out += _ask("length", family, "en", en_a, "river", None, rng, m=en)
+        out += _ask("river", family, "zh", zh_a, "river", k["river"], rng, r=LONG_ZH[i])
+        out += _ask("river", family, "en", en_a, "river", k["river"], rng, r=LONG_EN[i])
+        out += _ask("length", family, "zh", zh_a, "river", k["length"], rng, m=zh)
+        out += _ask("length", family, "en", en_a, "river", k["length"], rng, m=en)
     for i, (c_zh, c_en, _, _) in enumerate(CAPITALS):
-        out += _ask("capital", family, "zh", capital_answer_zh(i), "capital", None, rng, c=c_zh)
-        out += _ask("capital", family, "en", capital_answer_en(i), "capital", None, rng, c=c_en)
+        out += _ask("capital", family, "zh", capital_answer_zh(i), "capital", k["capital"], rng, c=c_zh)
+        out += _ask("capital", family, "en", capital_answer_en(i), "capital", k["capital"], rng, c=c_en)
     return out
 
 
 def _arithmetic(family: str, rng: random.Random) -> list[Conversation]:
-    """Training: every (a, b, operation, language) in 3 random trained phrasings; held-out: a fixed sample of
-    the pairs in one held-out phrasing each."""
+    """Training: every (a, b, operation, language) in a few random trained patterns; held-out: a fixed
+    seventh of the pairs in one held-out pattern each."""
     out: list[Conversation] = []
     for op in OPERATIONS:
         for a in range(ARITH_MAX + 1):
@@ -427,8 +478,14 @@ def _arithmetic(family: str, rng: random.Random) -> list[Conversation]:
                     continue
                 for lang in ("zh", "en"):
                     answer = arithmetic_answer(op, a, b, lang)
-                    out += _ask(op, family, lang, answer, "arithmetic", 3 if family == "train" else 1, rng,
-                                a=str(a), b=str(b))
+                    per = _per("arithmetic", family)
+                    # in training, one of the FORCED_TRAIN patterns of (op, lang), if any, in turn
+                    forced = [t for t in templates(op, family, lang) if t in FORCED_TRAIN]
+                    if forced:
+                        pattern = forced[(a + b) % len(forced)]
+                        out.append(Conversation(pattern.format(a=a, b=b), answer, topic="arithmetic"))
+                        per -= 1
+                    out += _ask(op, family, lang, answer, "arithmetic", per, rng, forced=False, a=str(a), b=str(b))
     return out
 
 
@@ -439,26 +496,27 @@ def _conversions(family: str, rng: random.Random) -> list[Conversation]:
             if family == "heldout" and n % 3:
                 continue
             out += _ask("conversion", family, "zh", conversion_answer(k, n, "zh"), "conversion",
-                        4 if family == "train" else 1, rng, n=str(n), big=big_zh, small=small_zh)
+                        _per("conversion", family), rng, n=str(n), big=big_zh, small=small_zh)
             out += _ask("conversion", family, "en", conversion_answer(k, n, "en"), "conversion",
-                        4 if family == "train" else 1, rng, n=str(n), big=_unit(big_en, n), small=small_en)
+                        _per("conversion", family), rng, n=str(n), big=_unit(big_en, n), small=small_en)
     return out
 
 
 def _about_itself(family: str, rng: random.Random) -> list[Conversation]:
-    """Who it is and greetings (trained three times over: there are few of them)."""
+    """Who it is and greetings (every trained pattern, twice: there are few of them)."""
     out: list[Conversation] = []
+    per = _per("about-itself", family)
     for intent, zh_a, en_a in (("identity", IDENTITY_ZH, IDENTITY_EN), ("greeting", GREETING_ZH, GREETING_EN)):
-        out += _ask(intent, family, "zh", zh_a, intent, None, rng)
-        out += _ask(intent, family, "en", en_a, intent, None, rng)
-    return out * 3 if family == "train" else out
+        out += _ask(intent, family, "zh", zh_a, intent, per, rng)
+        out += _ask(intent, family, "en", en_a, intent, per, rng)
+    return out * 2 if family == "train" else out
 
 
 def _instructions(family: str, rng: random.Random) -> list[Conversation]:
-    """Reverse, upper-case, count the letters of the words (held-out: every fourth word)."""
+    """Reverse, upper-case, count the letters of the words (held-out: every second word)."""
     out: list[Conversation] = []
-    words = WORDS if family == "train" else WORDS[::4]
-    per = 3 if family == "train" else None
+    words = WORDS if family == "train" else WORDS[::2]
+    per = _per("instruction", family)
     for w in words:
         answers = {"reverse": (w[::-1], w[::-1]), "upper": (w.upper(), w.upper()),
                    "count": (f"单词{w}有{len(w)}个字母。", f"The word {w} has {len(w)} letters.")}
@@ -469,29 +527,27 @@ def _instructions(family: str, rng: random.Random) -> list[Conversation]:
 
 
 def _follow_ups(family: str, rng: random.Random) -> list[Conversation]:
-    """Two-turn conversations whose second question only makes sense with the first."""
+    """Two-turn conversations whose second question only makes sense with the first (the next mountain, the
+    next country's capital)."""
     out: list[Conversation] = []
-    step = 1 if family == "train" else 3
+    per = _per("follow-up", family)
+
+    def then(intent: str, lang: str, first: str, first_answer: str, answer: str, **slots: str) -> None:
+        for c in _ask(intent, family, lang, answer, "follow-up", per, rng, **slots):
+            out.append(Conversation(c.prompt, answer, ((first, first_answer),), topic="follow-up"))
+
     for i in range(len(MOUNTAINS) - 1):
         first_zh = rng.choice(templates("mountain", family, "zh")).format(r=RANKS_ZH[i])
         first_en = rng.choice(templates("mountain", family, "en")).format(
             r=RANKS_EN[i], t=RANKS_EN[i].replace("highest", "tallest"))
-        for then in templates("next-mountain", family, "zh"):
-            out.append(Conversation(then.format(r=RANKS_ZH[i + 1]), mountain_answer_zh(i + 1),
-                                    ((first_zh, mountain_answer_zh(i)),), topic="follow-up"))
-        for then in templates("next-mountain", family, "en"):
-            out.append(Conversation(then.format(r=RANKS_EN[i + 1]), mountain_answer_en(i + 1),
-                                    ((first_en, mountain_answer_en(i)),), topic="follow-up"))
-    for i in range(0, len(CAPITALS) - 1, step):
+        then("next-mountain", "zh", first_zh, mountain_answer_zh(i), mountain_answer_zh(i + 1), r=RANKS_ZH[i + 1])
+        then("next-mountain", "en", first_en, mountain_answer_en(i), mountain_answer_en(i + 1), r=RANKS_EN[i + 1])
+    for i in range(0, len(CAPITALS) - 1, 1 if family == "train" else 3):
         (c1_zh, c1_en, _, _), (c2_zh, c2_en, _, _) = CAPITALS[i], CAPITALS[i + 1]
         first_zh = rng.choice(templates("capital", family, "zh")).format(c=c1_zh)
         first_en = rng.choice(templates("capital", family, "en")).format(c=c1_en)
-        for then in templates("next-capital", family, "zh"):
-            out.append(Conversation(then.format(c=c2_zh), capital_answer_zh(i + 1),
-                                    ((first_zh, capital_answer_zh(i)),), topic="follow-up"))
-        for then in templates("next-capital", family, "en"):
-            out.append(Conversation(then.format(c=c2_en), capital_answer_en(i + 1),
-                                    ((first_en, capital_answer_en(i)),), topic="follow-up"))
+        then("next-capital", "zh", first_zh, capital_answer_zh(i), capital_answer_zh(i + 1), c=c2_zh)
+        then("next-capital", "en", first_en, capital_answer_en(i), capital_answer_en(i + 1), c=c2_en)
     return out
 
 
@@ -532,8 +588,12 @@ def _unknown(family: str, rng: random.Random) -> list[Conversation]:
         a, b = (a, b) if k % 2 else (b, a)
         lang = "zh" if k % 8 < 4 else "en"
         ask(op, lang, DONT_KNOW_MATH_ZH if lang == "zh" else DONT_KNOW_MATH_EN, a=str(a), b=str(b))
-    out += [Conversation(q, DONT_KNOW_ZH, topic="unknown") for q in UNKNOWN_QUESTIONS_ZH[family]]
-    out += [Conversation(q, DONT_KNOW_EN, topic="unknown") for q in UNKNOWN_QUESTIONS_EN[family]]
+    for q in UNKNOWN_QUESTIONS_ZH[family]:  # as written, and after a lead-in
+        out += [Conversation(q, DONT_KNOW_ZH, topic="unknown"),
+                Conversation(rng.choice(ZH_ASK[1:]) + q, DONT_KNOW_ZH, topic="unknown")]
+    for q in UNKNOWN_QUESTIONS_EN[family]:
+        out += [Conversation(q, DONT_KNOW_EN, topic="unknown"),
+                Conversation(rng.choice(EN_ASK[2:]) + q[:1].lower() + q[1:], DONT_KNOW_EN, topic="unknown")]
     return out
 
 
