@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,9 +183,10 @@ class Conversation:
 # lead-in such as "请问" / "Quick question:", ending with or without a question mark) and noun phrases (after
 # "告诉我" / "Tell me", "你知道…吗" / "Do you know …?", or alone). Every sentence pattern it generates is either
 # trained or held out by its wording (Grammar.units: lead-ins, endings and a leading 请 / Please do not count),
-# fixed by a hash of the wording (one in HELDOUT_SHARE held out, at least one per grammar), except the wordings
-# of the FORCED_TRAIN patterns, which the README, the tests and issue 17 quote. So a held-out question is worded
-# in a way never trained, with any lead-in or ending; its words occur in other trained wordings.
+# fixed by a hash of the wording (one in HELDOUT_SHARE held out), except the wordings of the FORCED_TRAIN
+# patterns, which the README, the tests and issue 17 quote, and wordings with a word that no trained wording of
+# the same kind has (Grammar.heldout_units). So a held-out question is worded in a way never trained, with any
+# lead-in or ending, from words its kind of question uses in training.
 ZH_ASK = ("", "请问", "请问一下，", "问一下，", "我想问，")
 ZH_END = ("？", "", "?")
 ZH_TELL = (("告诉我", "。"), ("请告诉我", ""), ("我想知道", "。"), ("你知道", "吗？"), ("", "？"), ("", ""))
@@ -225,12 +227,19 @@ class Grammar:
         return {u: list(dict.fromkeys(ps)) for u, ps in out.items()}
 
     def heldout_units(self) -> set[str]:
-        """The wordings held out: those whose crc32 falls in one HELDOUT_SHARE-th, at least one per grammar,
-        never one that holds a FORCED_TRAIN pattern."""
+        """The wordings held out: those whose crc32 falls in one HELDOUT_SHARE-th (or, when none does, the
+        lowest), never one that holds a FORCED_TRAIN pattern, and only wordings whose every word (Chinese
+        character, English word) occurs in this grammar's trained wordings: a held-out question recombines
+        the words of its kind; it does not bring a word never trained for it."""
         units = self.units()
         free = sorted((u for u, ps in units.items() if not FORCED_TRAIN & set(ps)), key=_crc)
-        held = {u for u in free if _crc(u) % HELDOUT_SHARE == 0}
-        return held or set(free[:1])
+        held = [u for u in free if _crc(u) % HELDOUT_SHARE == 0] or free[:1]
+        while True:
+            trained = set().union(*(_words(u) for u in units if u not in held))
+            uncovered = [u for u in held if not _words(u) <= trained]
+            if not uncovered:
+                return set(held)
+            held.remove(uncovered[0])  # trained after all; the next check sees its words
 
 
 def _zh(questions, phrases=(), **kw) -> Grammar:
@@ -358,6 +367,13 @@ FORCED_TRAIN = {
     "What is {a} times {b}?", "你是谁？", "你好", "hi", "Hello", "Hi!", "And the {r}?", "那{c}呢？", "那{r}的呢？",
     "And {c}?",
 }
+
+
+def _words(text: str) -> set[str]:
+    """The words of a wording: each Chinese character and each lower-cased English word or number-free token,
+    slots ({c}, {a}, ...) and punctuation left out."""
+    text = re.sub(r"\{[a-z]+\}", " ", text)
+    return {w.lower() for w in re.findall(r"[\u4e00-\u9fff]|[A-Za-z']+|[+\-×*=x]", text)}
 
 
 def _crc(text: str) -> int:

@@ -35,7 +35,7 @@ DEMO_SHAPE = dict(hidden_size=256, intermediate_size=768,  # in-features divisib
 # Training settings of the two stages (the flags of `baichuan finetune`).
 PRETRAIN_FLAGS = ["--num_train_epochs", "20", "--learning_rate", "2e-3", "--per_device_train_batch_size", "16",
                   "--cutoff_len", "128", "--warmup_ratio", "0.05", "--lr_scheduler_type", "cosine"]
-SFT_FLAGS = ["--num_train_epochs", "40", "--learning_rate", "2e-3", "--per_device_train_batch_size", "32",
+SFT_FLAGS = ["--num_train_epochs", "8", "--learning_rate", "2e-3", "--per_device_train_batch_size", "32",
              "--cutoff_len", "256", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine"]
 
 
