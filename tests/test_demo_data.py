@@ -5,6 +5,7 @@ import json
 from baichuan13b.demo.data import (
     ARITH_MAX,
     GRAMMARS,
+    _words,
     heldout_conversations,
     ongoing_conversations,
     pretraining_lines,
@@ -25,13 +26,22 @@ def test_deterministic_and_disjoint():
     train_prompts = {user for c in a for user, _ in c.turns()}
     held = heldout_conversations() + unknown_conversations()
     assert held and not [c.prompt for c in held if c.prompt in train_prompts]
-    for intent, grammars in GRAMMARS.items():  # every intent holds out wordings, never trained in any form
+    held_intents = set()
+    for intent, grammars in GRAMMARS.items():  # held-out wordings are never trained in any form
         for lang, grammar in zip(("zh", "en"), grammars):
-            held_units = grammar.heldout_units()
-            assert held_units and len(held_units) < len(grammar.units()), intent
+            units, held_units = grammar.units(), grammar.heldout_units()
+            assert len(held_units) < len(units), intent
             trained = set(templates(intent, "train", lang))
             assert trained and not trained & set(templates(intent, "heldout", lang)), intent
-            assert not [p for u in held_units for p in grammar.units()[u] if p in trained], intent
+            assert not [p for u in held_units for p in units[u] if p in trained], intent
+            # ... and recombine words their kind of question is trained with (none brings a new word)
+            trained_words = set().union(*(_words(u) for u in units if u not in held_units))
+            assert all(_words(u) <= trained_words for u in held_units), intent
+            held_intents |= {intent} if held_units else set()
+    # every topic of the domain has held-out wordings (a few small grammars, e.g. Chinese greetings, have none:
+    # each of their wordings has a word no other one has)
+    assert {"mountain", "height", "river", "length", "capital", "add", "sub", "mul", "conversion", "identity",
+            "greeting", "reverse", "upper", "count"} <= held_intents
     # the facts the README promises
     k2 = [c for c in training_items() if c.prompt == "世界上第二高的山峰是哪座？"]
     assert k2 and "K2" in k2[0].answer and "乔戈里峰" in k2[0].answer

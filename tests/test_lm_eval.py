@@ -256,7 +256,7 @@ def test_native_model_rolling_loglikelihood_and_generation(demo):
     expected = sum(sum(direct_logprobs(model, ctx + cont)[0][len(ctx) - 1:]) for ctx, cont in windows)
     assert total == pytest.approx(expected, abs=1e-3)
     lm = BaichuanLM(model=model, tokenizer=tok, batch_size=2)
-    prompts = ["世界上最高的山峰是", "中国的首都是"]
+    prompts = ["世界上最高的山峰是", "日本的首都是"]  # both continue past a few tokens before "。"
     outs = lm.generate_until([_Request(p, {"until": ["。"], "max_gen_toks": 12, "do_sample": False}) for p in prompts],
                              disable_tqdm=True)
     for prompt, out in zip(prompts, outs):
