@@ -106,24 +106,33 @@ def test_cpu_kernels_match_dequantize_fallback(dtype):
         kernel = module(x)
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         assert torch.allclose(reference_path, fallback, atol=tol, rtol=tol)
-        assert torch.allclose(kernel.float(), fallback.float(), atol=tol, rtol=tol), cls.__name__
+        kernel_tol = 3e-2 if cls is WeightOnlyInt4Linear else tol  # int4 runs the CPU kernel in bfloat16
+        assert kernel.dtype == dtype
+        assert torch.allclose(kernel.float(), fallback.float(), atol=kernel_tol, rtol=kernel_tol), cls.__name__
         if cls is WeightOnlyInt4Linear and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
             assert module.kernel == "cpu"
 
 
 def test_int4_kernel_layout_converts_back_exactly():
+    torch.manual_seed(0)
     w = torch.randn(64, 256)
     module = WeightOnlyInt4Linear.from_float(w, torch.float32, 64)
     stored = {k: v.clone() for k, v in module.state_dict().items()}
-    y = module(torch.randn(2, 256))  # packs for the CPU kernel, drops the stored form
-    assert module.kernel == "cpu" and module.scales is None  # scales and zeros live in the kernel's table
+    y = module(torch.randn(2, 256))  # packs for the CPU kernel, drops the stored codes
+    # float32 inputs run the bfloat16 kernel, whose table rounds the scales: the float32 ones are kept
+    assert module.kernel == "cpu" and module._kernel[1].dtype == torch.bfloat16 and module.scales is not None
     state = module.state_dict()
     assert set(state) == {"weight", "scales", "zeros"}
     assert all(torch.equal(state[k], stored[k]) for k in stored)
     module.to(torch.float32)  # a move converts back to the stored form
     assert module.kernel is None and torch.equal(module.weight, stored["weight"])
-    assert torch.allclose(module(torch.ones(1, 256)), F.linear(torch.ones(1, 256), module.dequantize()), atol=1e-4)
+    ref = F.linear(torch.ones(1, 256), module.dequantize())
+    # bfloat16 kernel: within 2% of the largest output (int4's own error on such rows is 8-15% of it)
+    assert torch.allclose(module(torch.ones(1, 256)), ref, atol=2e-2 * ref.abs().max().item())
     assert y.shape == (2, 64)
+    bf16 = WeightOnlyInt4Linear.from_float(w, torch.bfloat16, 64)
+    bf16(torch.randn(2, 256).bfloat16())
+    assert bf16.kernel == "cpu" and bf16.scales is None  # same dtype: scales and zeros live in the kernel's table
 
 
 needs_fbgemm = pytest.mark.skipif(not QF.int8_fbgemm_available(), reason="fbgemm's int8 GEMM is not usable here")
