@@ -37,8 +37,8 @@ def test_bfloat16_packed_decoding_is_identical(arch):
 
 def test_float32_packed_logits_close_and_state_dict_plain(tmp_path):
     plain, packed = _pair(torch.float32)
-    assert pack_linear_weights(packed) == 0  # float32 is packed on request only
-    pack_linear_weights(packed, dtypes=(torch.float32,))
+    assert pack_linear_weights(packed, dtypes=(torch.bfloat16,)) == 0  # only the dtypes asked for
+    assert pack_linear_weights(packed) > 0  # float32 is packed by default (whole decodes faster: docs)
     ids = torch.randint(3, 128, (1, 7), generator=torch.Generator().manual_seed(1))
     for n in (1, 7):  # a single-row product and a prefill
         torch.testing.assert_close(packed(ids[:, :n]).logits, plain(ids[:, :n]).logits, rtol=1e-5, atol=1e-5)
@@ -86,8 +86,8 @@ def test_chat_commands_load_packed_unless_disabled():
     assert isinstance(model.lm_head, PackedLinear)
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16", "--no-prepack"]))
     assert type(model.lm_head) is nn.Linear
-    model, _ = load(parser.parse_args(base))  # the demo's float32: plain (not faster packed)
-    assert type(model.lm_head) is nn.Linear
+    model, _ = load(parser.parse_args(base))  # the demo's float32: packed too
+    assert isinstance(model.lm_head, PackedLinear)
 
 
 def test_compiled_decoding_refuses_packed_weights_with_the_fix():

@@ -133,6 +133,12 @@ CHAT_MAX_BATCH = 4
 _engine_lock = threading.Lock()
 
 
+def _storage_identity(p: torch.Tensor) -> int:
+    """Where a weight's values live: its data pointer, or for an opaque oneDNN-packed weight (no storage) the
+    tensor itself (a reload packs a new one)."""
+    return p.data_ptr() if p.layout == torch.strided else id(p)
+
+
 def chat_engine(model: "BaichuanForCausalLM", tokenizer: Any):
     """The :class:`~baichuan13b.serving.Engine` that ``chat`` uses for ``model`` and ``tokenizer``: made on first
     use (a KV pool of one full context, up to ``CHAT_MAX_BATCH`` conversations at once, e.g. web sessions) and kept
@@ -141,7 +147,7 @@ def chat_engine(model: "BaichuanForCausalLM", tokenizer: Any):
     from .serving.engine import DEFAULT_BLOCK_SIZE, Engine
 
     key = (model.dtype, model.device, model.config.max_position)  # (each request brings its tokenizer)
-    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    weights = tuple((_storage_identity(p), p._version) for p in model.parameters())
     with _engine_lock:
         held = model.__dict__.get("_chat_engine")
         if held is None or held[0] != key:

@@ -386,7 +386,7 @@ def load(args: argparse.Namespace, for_inference: bool = True):
     if world == 1 and for_inference and getattr(args, "prepack", True) and not adapter:
         from ..cpu_linear import pack_linear_weights
 
-        pack_linear_weights(model)  # CPU bfloat16 linears only; a no-op on GPUs
+        pack_linear_weights(model)  # CPU bfloat16 / float32 linears only; a no-op on GPUs
     adapt_generation_defaults(model, args)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer
