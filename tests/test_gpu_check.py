@@ -21,11 +21,12 @@ def test_smoke_run_writes_every_section(tmp_path):
     for name in ("environment", "correctness", "baichuan-13b", "llama-13b", "serving"):
         assert data[name]["status"] == "ok", (name, data[name])
     assert data["correctness"]["bf16_vs_fp32_cosine"] > 0.99
+    assert data["correctness"]["paged_graphs_equal_eager"] is True and data["correctness"]["paged_tokens_compared"] == 24
     assert set(data["baichuan-13b"]["rows"]) == {"fp16", "int8", "int4"}
     assert all(row["tokens_per_s"] > 0 for row in data["baichuan-13b"]["rows"].values())
     assert set(data["serving"]["levels"]) == {"8", "32"}
     md = (tmp_path / "gpu-check.md").read_text()
-    assert "| fp16 |" in md and "## Serving engine (ok)" in md
+    assert "| fp16 |" in md and "## Serving engine (ok)" in md and "| paged_graphs_equal_eager | True |" in md
 
 
 def test_a_failing_or_slow_section_does_not_lose_the_others():

@@ -14,6 +14,7 @@ from baichuan13b.paged import (
 )
 from baichuan13b.paged.batch_order import common_prefix, prefix_plan, shared_blocks
 from baichuan13b.paged.block_manager import chain_hash
+from baichuan13b.paged.graphs import DecodeGraphs, batch_buckets, bucket, width_buckets
 
 
 def seq(tokens, **kw):
@@ -329,22 +330,94 @@ def test_paged_rows_equal_the_contiguous_reference(name, dtype):
             torch.testing.assert_close(out[b], model(torch.tensor([s.token_ids])).logits[0, -1], **tol)
 
 
+def test_graph_buckets_cover_every_batch_and_width():
+    assert batch_buckets(1) == [1] and batch_buckets(5) == [1, 2, 4, 5]
+    assert batch_buckets(40) == [1, 2, 4, 8, 16, 24, 32, 40]
+    assert width_buckets(1) == [1] and width_buckets(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert width_buckets(6) == [1, 2, 4, 6]
+    for n in range(1, 41):
+        b = bucket(n, batch_buckets(40))
+        assert b >= n and b - n < 8
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        bucket(41, batch_buckets(40))
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_static_table_width_gives_the_same_logits(name):
-    """Decode steps with every block table padded to a fixed width (CUDA-graph shapes) change nothing."""
+def test_fixed_shape_decode_steps_give_the_same_logits(name):
+    """Decode steps at the padded shapes of the CUDA graphs (3 rows in a batch of 4, block tables padded to a
+    power of two, padded rows on the scratch block) equal the plain step, on static buffers that keep their
+    addresses from step to step (what a captured graph reads), and leave the real blocks as the plain step does."""
     model = make_model(name)
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
-    outs = []
-    for width in (None, 8):
-        runner = ModelRunner(model, num_blocks=16, block_size=4, static_table_width=width)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], list(range(20, 30))]
+    runs = []
+    for graphs in (False, True):
+        runner = ModelRunner(model, num_blocks=16, block_size=4, decode_graphs=graphs, max_batch=5, max_blocks=8)
+        assert (runner.graphs is not None) == graphs
         bm = BlockManager(16, 4)
         seqs = [seq(p) for p in prompts]
         for s in seqs:
             bm.allocate(s)
             runner.run([(s, len(s) - 1)])
             s.num_computed = len(s) - 1
-        outs.append(runner.run([(s, 1) for s in seqs]))
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=1e-6)
+        steps, shapes, addresses = [], [], []
+        for t in range(9):  # the longest row grows from 3 to 5 blocks: width bucket 4, then 8
+            steps.append(runner.run([(s, 1) for s in seqs]))
+            if graphs:
+                g = runner.graphs
+                shapes.append(g.shape(3, max(-(-(s.num_computed + 1) // 4) for s in seqs)))
+                addresses.append([b.data_ptr() for b in (g.input_ids, g.positions, g.write_slots, g.key_lengths)]
+                                 + [g.tables[w].data_ptr() for w in sorted(g.tables)])
+            for s in seqs:
+                s.num_computed += 1
+                s.append(40 + t)
+                bm.append(s)
+        steps.append(runner.run([(seqs[1], 1)]))  # one row alone: batch bucket 1
+        runs.append((steps, [runner.cache.k[0][:16].clone(), runner.cache.v[-1][:16].clone()]))
+        if graphs:
+            assert shapes[0] == (4, 4) and shapes[-1] == (4, 8)
+            assert all(a[:4] == addresses[0][:4] for a in addresses)
+            assert addresses[-1][4] == addresses[0][4]  # the width-4 table was not reallocated
+    for plain, fixed in zip(runs[0][0], runs[1][0]):
+        assert plain.shape == fixed.shape
+        torch.testing.assert_close(plain, fixed, atol=1e-5, rtol=1e-5)
+    for plain, fixed in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(plain, fixed, atol=1e-5, rtol=1e-5)  # GEMMs of 3 and 4 rows round apart
+
+
+def test_decode_graphs_are_refused_off_cuda():
+    model = make_model("alibi-8h")
+    runner = ModelRunner(model, num_blocks=4, block_size=4)
+    assert runner.graphs is None  # the default on a CPU
+    with pytest.raises(ValueError, match="CUDA graphs need the KV pool on a CUDA device"):
+        DecodeGraphs(model, runner.cache, max_batch=2, max_blocks=4, capture=True)
+    with pytest.raises(ValueError, match="needs max_batch and max_blocks"):
+        ModelRunner(model, num_blocks=4, block_size=4, decode_graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_captured_decode_graphs_equal_eager_steps_on_cuda(name):
+    model = make_model(name).cuda()
+    results = []
+    for graphs in (False, True):
+        runner = ModelRunner(model, num_blocks=16, block_size=4, decode_graphs=graphs, max_batch=4, max_blocks=8)
+        bm = BlockManager(16, 4)
+        seqs = [seq(p) for p in ([5, 6, 7, 8, 9], [12, 13])]
+        for s in seqs:
+            bm.allocate(s)
+            runner.run([(s, len(s) - 1)])
+            s.num_computed = len(s) - 1
+        out = []
+        for t in range(6):
+            out.append(runner.run([(s, 1) for s in seqs]))
+            for s in seqs:
+                s.num_computed += 1
+                s.append(30 + t)
+                bm.append(s)
+        if graphs:
+            assert runner.graphs.capture and runner.graphs.graphs and runner.graphs.capture_error is None
+        results.append(torch.stack(out))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
 
 
 def test_paged_batch_rejects_what_it_cannot_address():

@@ -436,6 +436,23 @@ def test_no_cors_unless_asked_and_loopback_default(chat_model):
     assert args.host == "127.0.0.1" and args.api_key is None and args.cors_origins is None
 
 
+def test_serve_flags_become_engine_settings(chat_model):
+    """What `baichuan serve` passes to the engine: the KV budget in bytes, reuse and CUDA graphs as flagged."""
+    from baichuan13b.cli import build_parser
+    from baichuan13b.cli.serve import engine_options
+
+    model, tok = chat_model
+    parse = build_parser().parse_args
+    default = engine_options(parse(["serve", "--kv-cache-memory", "0.5"]), model)
+    assert default["kv_cache_bytes"] == 2**29 and default["prefix_cache"] is True
+    assert default["decode_graphs"] is None  # the runner decides: on for one CUDA device
+    eager = engine_options(parse(["serve", "--kv-cache-memory", "0.5", "--enforce-eager", "--no-prefix-cache",
+                                  "--max-batch", "3", "--block-size", "8"]), model)
+    assert eager["decode_graphs"] is False and eager["prefix_cache"] is False
+    engine = Engine(model, tok, **eager)
+    assert engine.max_batch == 3 and engine.block_size == 8 and engine.runner.graphs is None
+
+
 def test_engine_rejects_bad_settings(chat_model):
     model, tok = chat_model
     with pytest.raises(ValueError, match="max_batch"):

@@ -112,6 +112,18 @@ def test_64_concurrent_streams_equal_single_requests(chat_model):
     assert engine.stats()["free_blocks"] == engine.stats()["blocks"]
 
 
+def test_fixed_shape_decode_steps_give_the_same_answers(chat_model):
+    """The engine's decode steps at CUDA-graph shapes (run eagerly on a CPU): the same greedy answers for
+    concurrent requests of different lengths, batches padded to their bucket."""
+    model, tok = chat_model
+    prompts = [[3 + (i * 31 + j * 5) % 300 for j in range(3 + 4 * i)] for i in range(7)]
+    engine = Engine(model, tok, max_batch=6, block_size=4, prefill_chunk=8, decode_graphs=True)
+    assert engine.runner.graphs is not None and not engine.runner.graphs.capture
+    assert Engine(model, tok, max_batch=2).runner.graphs is None  # off by default on a CPU
+    assert run(engine, prompts, greedy(model), 12) == expected(model, tok, prompts, 12)
+    assert engine.stats()["free_blocks"] == engine.stats()["blocks"]
+
+
 def test_aborted_requests_return_every_block(chat_model):
     model, tok = chat_model
     engine = Engine(model, tok, max_batch=3, block_size=4, prefill_chunk=8)

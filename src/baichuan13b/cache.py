@@ -114,7 +114,7 @@ class PagedKVCache:
         positions = start + torch.minimum(t, n - 1)  # [B, T]; padded queries repeat the row's last position
         write = table.gather(1, positions // bs) * bs + positions % bs  # [B, T] flat pool slots
         write = torch.where(real, write, self.scratch * bs + t % bs)
-        batch = PagedBatch(self, positions, write, table, start[:, 0] + n[:, 0], n[:, 0] - 1)
+        batch = PagedBatch(self, positions, write, table, start[:, 0] + n[:, 0], n[:, 0] - 1, max(ends))
         row = table[0].tolist()
         if B == 1 and row == list(range(row[0], row[0] + width)):  # one row in consecutive blocks: no gather
             batch.first_block = row[0]
@@ -128,14 +128,17 @@ class PagedBatch:
     (``block * block_size + offset``) where their keys/values go, ``block_table`` [B, W] the blocks each row reads
     (padded with the scratch block; keys span ``W * block_size`` positions), ``key_lengths`` [B]: keys
     ``0 .. key_lengths[b] - 1`` are valid for row ``b``; ``last`` [B]: index of each row's last real query (its
-    logits sample the next token).
+    logits sample the next token); ``max_key_length``: the largest key length, on the host.
     """
 
     def __init__(self, cache: PagedKVCache, positions: torch.Tensor, write_slots: torch.Tensor,
-                 block_table: torch.Tensor, key_lengths: torch.Tensor, last: torch.Tensor):
+                 block_table: torch.Tensor, key_lengths: torch.Tensor, last: torch.Tensor,
+                 max_key_length: int | None = None):
         self.cache = cache
         self.positions, self.write_slots, self.block_table = positions, write_slots, block_table
         self.key_lengths, self.last = key_lengths, last
+        # known on the host, so that checking it never waits for a device (nor breaks a CUDA-graph capture)
+        self.max_key_length = int(key_lengths.max()) if max_key_length is None else max_key_length
         self.num_keys = block_table.shape[1] * cache.block_size
         self.first_block: int | None = None  # set when one row reads consecutive blocks (a view, no copy)
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}

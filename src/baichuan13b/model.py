@@ -273,7 +273,7 @@ class BaichuanModel(nn.Module):
         if tuple(batch.positions.shape) != (B, T):
             raise ValueError(f"the paged batch addresses {list(batch.positions.shape)} tokens, input is {[B, T]}")
         device = input_ids.device
-        longest = int(batch.key_lengths.max())  # host side: the batch was built there
+        longest = batch.max_key_length
         self._check_length(longest, T, longest - T)
         q_pos = batch.positions.to(device)  # [B, T]
         k_pos = torch.arange(batch.num_keys, device=device)

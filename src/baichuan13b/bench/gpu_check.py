@@ -11,13 +11,15 @@ one failure never loses the others, and sections that no longer fit in ``--budge
 
 1. ``environment``: device, torch and CUDA versions, copy bandwidth (bytes read + written);
 2. ``correctness``: a small random model; greedy tokens of the eager decode and of the compiled, CUDA-graph
-   decode (``compile=True``) identical; last-token logits of float16 and bfloat16 against float32 (cosine,
+   decode (``compile=True``) identical, and of the paged engine runner with and without its captured decode
+   graphs; last-token logits of float16 and bfloat16 against float32 (cosine,
    max abs difference);
 3. ``baichuan-13b``: the real 13B shape, random weights, batch 1, float16 / int8 / int4: tokens/s, % of the
    roofline (measured bandwidth / weight bytes), weight memory and peak memory against the seed's
    26.0 / 15.8 / 9.7 GB;
 4. ``llama-13b``: the LLaMA-13B shape in float16, the seed's speed comparison;
-5. ``serving``: the continuous-batching engine at 8 and 32 concurrent sequences (aggregate tokens/s).
+5. ``serving``: the continuous-batching engine at 8 and 32 concurrent sequences (aggregate tokens/s), with its
+   decode steps as CUDA graphs (the number captured is reported).
 """
 
 from __future__ import annotations
@@ -154,6 +156,45 @@ def correctness(out: dict, device: torch.device, smoke: bool) -> None:
     else:
         out["eager_equals_cuda_graph"] = None  # no CUDA graphs on CPU
         out["tokens_compared"] = int(eager.numel())
+    # the serving engine's decode: paged, captured per (batch, width) bucket on CUDA (eager fixed shapes on CPU)
+    prompts = [ids[0].tolist(), ids[1, :7].tolist(), ids[1].tolist()[::-1]]
+    steps = 8 if smoke else 48
+    plain, plain_err = _paged_greedy(m, prompts, steps, graphs=False)
+    fixed, graph_err = _paged_greedy(m, prompts, steps, graphs=True)
+    out["paged_graphs_equal_eager"] = plain == fixed
+    out["paged_tokens_compared"] = sum(map(len, plain))
+    if graph_err:
+        out["paged_graph_capture_error"] = graph_err
+
+
+def _paged_greedy(model, prompts: list[list[int]], steps: int, graphs: bool) -> tuple[list[list[int]], str | None]:
+    """Greedy tokens of ``prompts`` decoded together through the paged runner (with or without decode graphs),
+    and the capture error if capturing was given up."""
+    from ..paged import BlockManager, ModelRunner, Sequence
+
+    bs = 16
+    blocks = len(prompts) * -(-(max(map(len, prompts)) + steps) // bs)
+    runner = ModelRunner(model, blocks, bs, decode_graphs=graphs, max_batch=len(prompts),
+                         max_blocks=-(-model.config.max_position // bs))
+    manager = BlockManager(blocks, bs, prefix_cache=False)
+    seqs = [Sequence(token_ids=list(p)) for p in prompts]
+    for s in seqs:
+        manager.allocate(s)
+    logits = runner.run([(s, len(s)) for s in seqs])
+    for s in seqs:
+        s.num_computed = len(s)
+    out: list[list[int]] = [[] for _ in seqs]
+    for step in range(steps):
+        for b, (s, t) in enumerate(zip(seqs, logits.argmax(-1).tolist())):
+            out[b].append(t)
+            s.append(t)
+            manager.append(s)
+        if step == steps - 1:
+            break
+        logits = runner.run([(s, 1) for s in seqs])
+        for s in seqs:
+            s.num_computed += 1
+    return out, runner.graphs.capture_error if runner.graphs else None
 
 
 def decode_speed(out: dict, device: torch.device, preset: str, modes: list[str], smoke: bool, gen_len: int,
@@ -211,6 +252,7 @@ def serving(out: dict, device: torch.device, smoke: bool, concurrency: list[int]
     out.update(shape=f"baichuan-13b{' (smoke: tiny)' if smoke else ''}, vocab {cfg.vocab_size}",
                new_tokens=new_tokens, levels={})
     engine = Engine(model, tok, max_batch=max(concurrency), max_seq_len=64 + new_tokens).start()
+    graphs = engine.runner.graphs
     try:
         for c in concurrency:
             prompts = [torch.randint(3, cfg.vocab_size, (32,), generator=torch.Generator().manual_seed(i)).tolist()
@@ -236,6 +278,9 @@ def serving(out: dict, device: torch.device, smoke: bool, concurrency: list[int]
                                      "wall_s": round(wall, 2), "errors": errors[:3]}
     finally:
         engine.stop()
+        out["decode_graphs"] = len(graphs.graphs) if graphs and graphs.capture else None  # captured shapes
+        if graphs and graphs.capture_error:
+            out["graph_capture_error"] = graphs.capture_error
 
 
 def markdown(results: dict) -> str:
@@ -246,7 +291,8 @@ def markdown(results: dict) -> str:
              f"Copy bandwidth {env.get('copy_bandwidth_gbs', '?')} GB/s (read + written).", ""]
     c = results.get("correctness", {})
     lines += ["## Correctness", "", "| check | result |", "| --- | --- |"]
-    for k in ("eager_equals_cuda_graph", "tokens_compared", "fp16_vs_fp32_cosine", "fp16_vs_fp32_max_abs",
+    for k in ("eager_equals_cuda_graph", "tokens_compared", "paged_graphs_equal_eager", "paged_tokens_compared",
+              "paged_graph_capture_error", "fp16_vs_fp32_cosine", "fp16_vs_fp32_max_abs",
               "bf16_vs_fp32_cosine", "bf16_vs_fp32_max_abs", "status", "error"):
         if k in c:
             lines.append(f"| {k} | {c[k]} |")
@@ -269,6 +315,8 @@ def markdown(results: dict) -> str:
               "| concurrent sequences | aggregate tok/s | tokens | wall s |", "| --- | --- | --- | --- |"]
     for c_, r in s.get("levels", {}).items():
         lines.append(f"| {c_} | {r['aggregate_tokens_per_s']} | {r['tokens']} | {r['wall_s']} |")
+    if "decode_graphs" in s:
+        lines.append(f"\nCUDA graphs captured: {s['decode_graphs']}{'; ' + s['graph_capture_error'] if s.get('graph_capture_error') else ''}")
     if s.get("error"):
         lines.append(f"\nerror: {s['error']}")
     return "\n".join(lines) + "\n"

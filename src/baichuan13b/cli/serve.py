@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--block-size", type=int, default=16, help="positions per KV block")
     e.add_argument("--no-prefix-cache", action="store_true",
                    help="do not reuse the keys and values of cached prompt prefixes (same answers, slower)")
+    e.add_argument("--enforce-eager", action="store_true",
+                   help="decode without CUDA graphs (on a GPU they are captured per batch and context size; the "
+                        "same answers, more launch overhead)")
 
 
 def check_flags(args: argparse.Namespace) -> str | None:
@@ -97,6 +100,23 @@ def check_flags(args: argparse.Namespace) -> str | None:
     return None
 
 
+def engine_options(args: argparse.Namespace, model) -> dict:
+    """The :class:`~baichuan13b.serving.Engine` keywords of the engine flags, for ``model`` (the KV pool's default
+    size depends on where it is)."""
+    import torch
+
+    if args.kv_cache_memory is not None:
+        kv_bytes = int(args.kv_cache_memory * 2**30)
+    elif model.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(model.device)
+        kv_bytes = int(free * 0.9)
+    else:  # host memory: at most a quarter of it, so that a large model's slots cannot exhaust the machine
+        kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    return dict(max_batch=args.max_batch, max_queue=args.max_queue, max_seq_len=args.max_seq_len,
+                prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes, block_size=args.block_size,
+                prefix_cache=not args.no_prefix_cache, decode_graphs=False if args.enforce_eager else None)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -109,17 +129,7 @@ def run(args: argparse.Namespace) -> int:
     origins = [o.strip() for o in (args.cors_origins or "").split(",") if o.strip()]
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
     model, tokenizer = load(args)
-    kv_bytes = None
-    if args.kv_cache_memory is not None:
-        kv_bytes = int(args.kv_cache_memory * 2**30)
-    elif model.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(model.device)
-        kv_bytes = int(free * 0.9)
-    else:  # host memory: at most a quarter of it, so that a large model's slots cannot exhaust the machine
-        kv_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue,
-                    max_seq_len=args.max_seq_len, prefill_chunk=args.prefill_chunk, kv_cache_bytes=kv_bytes,
-                    block_size=args.block_size, prefix_cache=not args.no_prefix_cache)
+    engine = Engine(model, tokenizer, **engine_options(args, model))
     # Clients must be able to send the name back as JSON: no undecodable bytes (lone surrogates) from the shell.
     name = check_text(display_name(args), "the served model name")  # --served-model-name, else the model's
     if api_key is None and not _is_loopback(args.host):

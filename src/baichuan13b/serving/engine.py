@@ -150,12 +150,15 @@ class Engine:
         block_size: positions per KV block.
         prefix_cache: reuse the keys and values of cached prompt prefixes (False: every request computes its
             whole prompt; the same results, for comparison and debugging).
+        decode_graphs: decode steps at fixed shapes, captured as CUDA graphs (see :mod:`baichuan13b.paged.graphs`;
+            the same tokens). Default: on when the model is on one CUDA device; False decodes eagerly (vLLM's
+            ``--enforce-eager``); True on a CPU runs the fixed shapes without graphs.
     """
 
     def __init__(self, model: "BaichuanForCausalLM", tokenizer: Any, *, max_batch: int = 16, max_queue: int = 256,
                  max_seq_len: int | None = None, prefill_chunk: int = 512, kv_cache_bytes: int | None = None,
                  generation_config: GenerationConfig | None = None, metrics: ServerMetrics | None = None,
-                 block_size: int = DEFAULT_BLOCK_SIZE, prefix_cache: bool = True):
+                 block_size: int = DEFAULT_BLOCK_SIZE, prefix_cache: bool = True, decode_graphs: bool | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 0:
@@ -193,7 +196,8 @@ class Engine:
         self.prefix_cache = prefix_cache
         self.blocks = BlockManager(num_blocks, block_size, prefix_cache=prefix_cache)
         self.scheduler = Scheduler(self.blocks, max_batch=max_batch, prefill_chunk=prefill_chunk)
-        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.runner = ModelRunner(model, num_blocks, block_size, decode_graphs=decode_graphs, max_batch=max_batch,
+                                  max_blocks=blocks_per_sequence)
         self.cache = self.runner.cache
         self.device = model.device
         self.logits_device = model.logits_device
