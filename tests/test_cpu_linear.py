@@ -11,6 +11,8 @@ from baichuan13b.cpu_linear import PackedLinear, pack_linear_weights, packing_av
 from baichuan13b.model import BaichuanForCausalLM
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN weight packing")
+bf16_packing = pytest.mark.skipif(not packing_available(torch.bfloat16),
+                                  reason="this CPU cannot pack bfloat16 for oneDNN (needs AVX-512 or AVX-NE-CONVERT)")
 
 
 def _pair(dtype, **kw):
@@ -20,6 +22,7 @@ def _pair(dtype, **kw):
     return plain, packed
 
 
+@bf16_packing
 @pytest.mark.parametrize("arch", ["alibi", "rope"])
 def test_bfloat16_packed_decoding_is_identical(arch):
     plain, packed = _pair(torch.bfloat16, arch=arch)
@@ -73,7 +76,8 @@ def test_skips_what_cannot_be_packed():
     with pytest.raises(ValueError, match="cannot be packed"):
         pack_linear_weights(double, dtypes=(torch.float64,))
     q = BaichuanForCausalLM.from_config(tiny_config(), seed=0, dtype=torch.bfloat16).quantize(8)
-    assert pack_linear_weights(q) == 1  # only the float lm_head; int8 layers keep their own kernel
+    # only the float lm_head, where this CPU packs bfloat16; int8 layers keep their own kernel
+    assert pack_linear_weights(q) == int(packing_available(torch.bfloat16))
 
 
 def test_chat_commands_load_packed_unless_disabled():
@@ -83,7 +87,7 @@ def test_chat_commands_load_packed_unless_disabled():
     parser = build_parser()
     base = ["generate", "--model", "demo", "--no-progress", "--prompt", "x"]
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16"]))
-    assert isinstance(model.lm_head, PackedLinear)
+    assert isinstance(model.lm_head, PackedLinear) == packing_available(torch.bfloat16)
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16", "--no-prepack"]))
     assert type(model.lm_head) is nn.Linear
     model, _ = load(parser.parse_args(base))  # the demo's float32: packed too
@@ -91,12 +95,13 @@ def test_chat_commands_load_packed_unless_disabled():
 
 
 def test_compiled_decoding_refuses_packed_weights_with_the_fix():
-    _, packed = _pair(torch.bfloat16)
+    _, packed = _pair(torch.float32)
     pack_linear_weights(packed)
     with pytest.raises(ValueError, match="unpack_linear_weights"):
         packed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, compile=True)
 
 
+@bf16_packing
 def test_other_input_dtypes_and_autograd_fall_back_to_a_dense_product():
     lin = nn.Linear(32, 48, bias=False).to(torch.bfloat16)
     packed = PackedLinear(lin)
@@ -113,8 +118,43 @@ def test_packing_frees_the_plain_weights():
     import gc
     import weakref
 
-    _, packed = _pair(torch.bfloat16)
+    _, packed = _pair(torch.float32)
     refs = [weakref.ref(m.weight) for m in packed.modules() if type(m) is nn.Linear]
     pack_linear_weights(packed)
     gc.collect()
     assert refs and all(r() is None for r in refs)  # no second copy of the model stays in memory
+
+
+def test_bfloat16_stays_plain_and_works_where_the_cpu_cannot_pack_it(monkeypatch):
+    """On AVX2-only CPUs oneDNN refuses bfloat16 packing: loading and decoding in bfloat16 must still work there,
+    with plain linears (and float32 still packed)."""
+    from baichuan13b import cpu_linear
+    from baichuan13b.cli import build_parser
+    from baichuan13b.cli.common import load
+
+    monkeypatch.setattr(cpu_linear, "packing_available", lambda dtype=torch.float32: dtype == torch.float32)
+    plain, packed = _pair(torch.bfloat16)
+    assert pack_linear_weights(packed) == 0 and not any(isinstance(m, PackedLinear) for m in packed.modules())
+    with pytest.raises(ValueError, match="cannot be packed"):
+        PackedLinear(nn.Linear(16, 16, bias=False).to(torch.bfloat16))
+    args = build_parser().parse_args(["generate", "--model", "demo", "--no-progress", "--dtype", "bfloat16"])
+    model, tok = load(args)
+    assert type(model.lm_head) is nn.Linear
+    ids = torch.tensor([tok.encode("1加1等于几")])
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    _, fp32 = _pair(torch.float32)
+    assert pack_linear_weights(fp32) == 11
+
+
+def test_the_capability_check_matches_what_onednn_accepts():
+    for dtype in (torch.float32, torch.bfloat16):
+        w, x = torch.randn(32, 16, dtype=dtype), torch.randn(1, 16, dtype=dtype)
+        if packing_available(dtype):
+            y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 1), None, "none",
+                                                   [], "")
+            torch.testing.assert_close(y, x @ w.t())
+        else:  # what the check protects the loaders from
+            with pytest.raises(RuntimeError):
+                torch.ops.mkldnn._reorder_linear_weight(w, 1)
+    assert not packing_available(torch.float64)

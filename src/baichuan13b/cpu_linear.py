@@ -18,17 +18,39 @@ on CPU) for
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
+logger = logging.getLogger(__name__)
 
-def packing_available() -> bool:
-    """Whether this torch build has the oneDNN weight-prepacking ops."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+@functools.cache
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch build and this CPU can pack ``dtype`` weights for oneDNN.
+
+    The ops must exist, and oneDNN must accept the dtype here: bfloat16 packing needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT, so on AVX2-only CPUs (many AMD EPYC and older Intel parts) bfloat16 linears stay plain.
+    Checked once per dtype by packing and multiplying a small matrix.
+    """
+    if dtype not in PACKABLE_DTYPES:
+        return False
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    w = torch.ones(16, 16, dtype=dtype)
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 16, dtype=dtype), packed, None, "none", [], "")
+    except RuntimeError as e:  # oneDNN refuses this dtype on this CPU: "bf16 path needs the cpu support ..."
+        logger.info("oneDNN cannot pack %s weights on this CPU (%s); those linears stay plain", dtype, e)
+        return False
+    return bool((y == 16).all())
 
 
 class PackedLinear(nn.Module):
@@ -44,6 +66,9 @@ class PackedLinear(nn.Module):
             raise ValueError("PackedLinear packs bias-free linears only (every Baichuan projection)")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         plain = linear.weight.detach()
+        if not packing_available(plain.dtype):
+            raise ValueError(f"PackedLinear: {plain.dtype} weights cannot be packed for oneDNN with this torch build "
+                             f"and CPU (packing_available({plain.dtype}) is False)")
         self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(plain, 1), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,14 +123,16 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
     """Pack every plain ``nn.Linear`` on CPU whose weight dtype is in ``dtypes`` (bfloat16 and float32 by
     default), in place, for fast products.
 
-    Skipped: other dtypes and devices, quantized or LoRA-wrapped modules (not plain ``nn.Linear``), linears
-    with a bias, and a ``lm_head`` tied to the embeddings. A no-op where torch lacks oneDNN. Returns the number
-    of modules packed. Inference only: :func:`unpack_linear_weights` before training.
+    Skipped: other dtypes and devices, dtypes this CPU cannot pack (:func:`packing_available`: bfloat16 on
+    AVX2-only CPUs), quantized or LoRA-wrapped modules (not plain ``nn.Linear``), linears with a bias, and a
+    ``lm_head`` tied to the embeddings. A no-op where torch lacks oneDNN. Returns the number of modules packed.
+    Inference only: :func:`unpack_linear_weights` before training.
     """
     unsupported = [d for d in dtypes if d not in PACKABLE_DTYPES]
     if unsupported:
         raise ValueError(f"pack_linear_weights: {unsupported} cannot be packed; supported: {list(PACKABLE_DTYPES)}")
-    if not packing_available():
+    dtypes = tuple(d for d in dtypes if packing_available(d))
+    if not dtypes:
         return 0
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     count = 0
