@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from checkpoints import tiny_config
 from torch import nn
 
-from baichuan13b.cpu_linear import PackedLinear, pack_linear_weights, packing_available, unpack_linear_weights
+from baichuan13b.cpu_linear import (
+    PackedLinear,
+    WidenedLinear,
+    pack_linear_weights,
+    packing_available,
+    unpack_linear_weights,
+)
 from baichuan13b.model import BaichuanForCausalLM
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN weight packing")
@@ -76,8 +83,7 @@ def test_skips_what_cannot_be_packed():
     with pytest.raises(ValueError, match="cannot be packed"):
         pack_linear_weights(double, dtypes=(torch.float64,))
     q = BaichuanForCausalLM.from_config(tiny_config(), seed=0, dtype=torch.bfloat16).quantize(8)
-    # only the float lm_head, where this CPU packs bfloat16; int8 layers keep their own kernel
-    assert pack_linear_weights(q) == int(packing_available(torch.bfloat16))
+    assert pack_linear_weights(q) == 1  # only the float lm_head; int8 layers keep their own kernel
 
 
 def test_chat_commands_load_packed_unless_disabled():
@@ -87,7 +93,7 @@ def test_chat_commands_load_packed_unless_disabled():
     parser = build_parser()
     base = ["generate", "--model", "demo", "--no-progress", "--prompt", "x"]
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16"]))
-    assert isinstance(model.lm_head, PackedLinear) == packing_available(torch.bfloat16)
+    assert isinstance(model.lm_head, PackedLinear if packing_available(torch.bfloat16) else WidenedLinear)
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16", "--no-prepack"]))
     assert type(model.lm_head) is nn.Linear
     model, _ = load(parser.parse_args(base))  # the demo's float32: packed too
@@ -125,26 +131,36 @@ def test_packing_frees_the_plain_weights():
     assert refs and all(r() is None for r in refs)  # no second copy of the model stays in memory
 
 
-def test_bfloat16_stays_plain_and_works_where_the_cpu_cannot_pack_it(monkeypatch):
-    """On AVX2-only CPUs oneDNN refuses bfloat16 packing: loading and decoding in bfloat16 must still work there,
-    with plain linears (and float32 still packed)."""
+def test_bfloat16_is_widened_where_the_cpu_cannot_pack_it(monkeypatch):
+    """On AVX2-only CPUs oneDNN refuses bfloat16 packing: loading and decoding in bfloat16 must still work there;
+    the linears keep their bfloat16 weight, and products of many rows (prefills) run in float32."""
     from baichuan13b import cpu_linear
     from baichuan13b.cli import build_parser
     from baichuan13b.cli.common import load
 
     monkeypatch.setattr(cpu_linear, "packing_available", lambda dtype=torch.float32: dtype == torch.float32)
-    plain, packed = _pair(torch.bfloat16)
-    assert pack_linear_weights(packed) == 0 and not any(isinstance(m, PackedLinear) for m in packed.modules())
     with pytest.raises(ValueError, match="cannot be packed"):
         PackedLinear(nn.Linear(16, 16, bias=False).to(torch.bfloat16))
+    plain, wide = _pair(torch.bfloat16)
+    weight = wide.lm_head.weight
+    assert pack_linear_weights(wide) == 11 and all(type(m) is not PackedLinear for m in wide.modules())
+    assert type(wide.lm_head) is WidenedLinear and wide.lm_head.weight is weight  # the same tensor, no copy
+    layer = wide.model.layers[0].mlp.up_proj
+    few, many = torch.randn(3, 64).bfloat16(), torch.randn(40, 64).bfloat16()
+    assert torch.equal(layer(few), F.linear(few, layer.weight))  # decode rows: the bfloat16 product as before
+    assert torch.equal(layer(many), F.linear(many.float(), layer.weight.float()).bfloat16())
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(wide(ids).logits, plain(ids).logits, rtol=3e-2, atol=3e-2)
+    assert wide.state_dict().keys() == plain.state_dict().keys()
+    assert unpack_linear_weights(wide) == 11 and type(wide.lm_head) is nn.Linear and wide.lm_head.weight is weight
+
     args = build_parser().parse_args(["generate", "--model", "demo", "--no-progress", "--dtype", "bfloat16"])
     model, tok = load(args)
-    assert type(model.lm_head) is nn.Linear
+    assert type(model.lm_head) is WidenedLinear
     ids = torch.tensor([tok.encode("1加1等于几")])
-    out = model.generate(ids, max_new_tokens=4, do_sample=False)
-    assert out.shape[1] > ids.shape[1]
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
     _, fp32 = _pair(torch.float32)
-    assert pack_linear_weights(fp32) == 11
+    assert pack_linear_weights(fp32) == 11 and isinstance(fp32.lm_head, PackedLinear)
 
 
 def test_the_capability_check_matches_what_onednn_accepts():
