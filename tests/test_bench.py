@@ -106,3 +106,16 @@ def test_int4_group_size_for_the_llama_cpp_comparison_divides_every_layer():
     assert _int4_group_size(args, ModelConfig.from_name("baichuan-13b")) == 128
     with pytest.raises(ValueError, match="no group size"):
         _int4_group_size(args, ModelConfig(hidden_size=80, intermediate_size=176, num_attention_heads=5))
+
+
+def test_kernel_benchmark_prints_every_kernel_it_has(capsys):
+    import pytest
+
+    from baichuan13b.bench import kernels
+
+    assert kernels.main(["--shape", "64x128", "--rows", "1,3", "--matrices", "2", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    names = {r.split(" | ")[0][2:] for r in rows[1:]}
+    assert {"bf16 F.linear", "fp32 F.linear"} <= names and len(rows) - 1 == 2 * len(names)  # one line per row count
+    with pytest.raises(SystemExit):
+        kernels.main(["--shape", "64", "--rows", "1"])  # a clear usage error, not a traceback
