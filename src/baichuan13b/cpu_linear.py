@@ -53,6 +53,15 @@ def packing_available(dtype: torch.dtype = torch.float32) -> bool:
     return bool((y == 16).all())
 
 
+def _bias_free(cls: type[nn.Linear], weight: nn.Parameter) -> nn.Linear:
+    """A bias-free ``cls`` (``nn.Linear`` or a subclass) holding ``weight`` [out, in] itself (no initialisation,
+    no copy)."""
+    with torch.device("meta"):
+        linear = cls(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight = weight
+    return linear
+
+
 class PackedLinear(nn.Module):
     """``y = x @ W.T`` (no bias) with ``W`` stored in oneDNN's layout for single-row products.
 
@@ -82,10 +91,7 @@ class PackedLinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """The equivalent plain ``nn.Linear`` (a new module; its weight is a fresh dense copy)."""
-        with torch.device("meta"):
-            linear = nn.Linear(self.in_features, self.out_features, bias=False)
-        linear.weight = nn.Parameter(self.weight.to_dense(), requires_grad=True)
-        return linear
+        return _bias_free(nn.Linear, nn.Parameter(self.weight.to_dense(), requires_grad=True))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + "weight"] = self.weight.to_dense()
@@ -114,9 +120,9 @@ WIDEN_ROWS = 16
 
 class WidenedLinear(nn.Linear):
     """A bias-free bfloat16 ``nn.Linear`` for CPUs where oneDNN has no bfloat16 (AVX2 only, e.g. AMD EPYC without
-    AVX-512): there PyTorch multiplies one row at a time, so a product's time grows with its rows (measured, 3072 x
-    1024, 2 threads: 1 row 0.35 ms, 16 rows 5.0, 512 rows 157), while the same product in float32 costs 0.65 /
-    3.8 / 22.5 ms including the weight's conversion. From :data:`WIDEN_ROWS` rows up (prefills, large batches)
+    AVX-512): there PyTorch multiplies one row at a time, so a product's time grows with its rows
+    (``python -m baichuan13b.bench.kernels --threads 2``, 3072 x 1024: 1 row 0.33 ms, 16 rows 4.9, 512 rows 160),
+    while the same product in float32 costs 1.6 / 3.1 / 21.6 ms including the weight's conversion. From :data:`WIDEN_ROWS` rows up (prefills, large batches)
     the product therefore runs in float32 and is rounded back to bfloat16; fewer rows (decode) stay bfloat16.
     Both accumulate in float32, so results agree to accumulation order. The weight stays the one bfloat16
     parameter (no second copy); everything else is ``nn.Linear``'s.
@@ -130,10 +136,7 @@ class WidenedLinear(nn.Linear):
     @classmethod
     def wrap(cls, linear: nn.Linear) -> "WidenedLinear":
         """The same layer, sharing ``linear``'s weight parameter."""
-        with torch.device("meta"):
-            wide = cls(linear.in_features, linear.out_features, bias=False)
-        wide.weight = linear.weight
-        return wide
+        return _bias_free(cls, linear.weight)
 
 
 def _linears(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -192,8 +195,5 @@ def unpack_linear_weights(model: nn.Module) -> int:
         setattr(parent, name, child.to_linear())
     widened = _linears(model, WidenedLinear)
     for parent, name, child in widened:
-        with torch.device("meta"):
-            linear = nn.Linear(child.in_features, child.out_features, bias=False)
-        linear.weight = child.weight
-        setattr(parent, name, linear)
+        setattr(parent, name, _bias_free(nn.Linear, child.weight))
     return len(found) + len(widened)
