@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from baichuan13b.bench.speed import copy_bandwidth, measure, random_model, weight_bytes_per_token
@@ -119,3 +120,43 @@ def test_kernel_benchmark_prints_every_kernel_it_has(capsys):
     assert {"bf16 F.linear", "fp32 F.linear"} <= names and len(rows) - 1 == 2 * len(names)  # one line per row count
     with pytest.raises(SystemExit):
         kernels.main(["--shape", "64", "--rows", "1"])  # a clear usage error, not a traceback
+
+
+def test_original_loop_baseline_gives_our_greedy_tokens():
+    """The original-code baseline is the same model computed the original way: same greedy tokens (float32)."""
+    from baichuan13b.bench.original import original_stream
+    from baichuan13b.generation import stream_tokens
+
+    model = random_model(tiny(), torch.float32, "cpu", seed=3)
+    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    ours = torch.stack(list(stream_tokens(model, ids, max_new_tokens=12, eos_token_id=None, do_sample=False,
+                                          repetition_penalty=1.0)), 1)
+    theirs = torch.stack(list(original_stream(model, ids, max_new_tokens=12)), 1)
+    assert torch.equal(ours, theirs)
+
+
+def test_original_loop_baseline_refuses_what_the_original_code_is_not():
+    from baichuan13b.bench.original import original_stream
+    from baichuan13b.config import ROPE_ARCHITECTURE
+    from baichuan13b.cpu_linear import pack_linear_weights
+
+    rope = random_model(ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=8, architectures=[ROPE_ARCHITECTURE]), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="ALiBi"):
+        next(original_stream(rope, torch.tensor([[5, 6]]), max_new_tokens=2))
+    packed = random_model(tiny(), torch.float32, "cpu")
+    if pack_linear_weights(packed, (torch.float32,)):
+        with pytest.raises(ValueError, match="plain nn.Linear"):
+            next(original_stream(packed, torch.tensor([[5, 6]]), max_new_tokens=2))
+
+
+def test_bench_against_original_prints_the_ratio(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", str(_tiny_config_file(tmp_path)),
+                        "--gen-len", "4", "--prompt-len", "3", "--against-original", "--rounds", "2",
+                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("round ") == 4 and "decode ours / original:" in r.stdout
+    assert [row["name"] for row in json.loads((tmp_path / "r.json").read_text())] == ["ours", "original"]
+    bad = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", str(_tiny_config_file(tmp_path)),
+                          "--against-original", "--batch", "2"], capture_output=True, text=True, timeout=180)
+    assert bad.returncode != 0 and "--batch 1" in bad.stderr

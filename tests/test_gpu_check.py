@@ -24,9 +24,13 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert data["correctness"]["paged_graphs_equal_eager"] is True and data["correctness"]["paged_tokens_compared"] == 24
     assert set(data["baichuan-13b"]["rows"]) == {"fp16", "int8", "int4"}
     assert all(row["tokens_per_s"] > 0 for row in data["baichuan-13b"]["rows"].values())
-    assert set(data["serving"]["levels"]) == {"8", "32"}
+    serving = data["serving"]
+    assert set(serving["levels"]) == {"1", "8", "32", "64"} and serving["slot_design_sequences"] == 8
+    # issue 14's figure 5: the paged cache of 8 whole-context slots' memory holds all 64 short requests at once
+    assert serving["levels"]["64"]["held_at_once"] > 8 and serving["levels"]["64"]["preemptions"] == 0
+    assert all(level["errors"] == [] and level["mean_ttft_s"] > 0 for level in serving["levels"].values())
     md = (tmp_path / "gpu-check.md").read_text()
-    assert "| fp16 |" in md and "## Serving engine (ok)" in md and "| paged_graphs_equal_eager | True |" in md
+    assert "| fp16 |" in md and "## Serving engine (ok)" in md and "| held at once |" in md and "| paged_graphs_equal_eager | True |" in md
 
 
 def test_a_failing_or_slow_section_does_not_lose_the_others():

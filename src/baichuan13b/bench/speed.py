@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -119,10 +119,14 @@ def _peak_memory(device: torch.device) -> int:
 @torch.inference_mode()
 def measure(model: BaichuanForCausalLM, *, name: str, batch: int = 1, prompt_len: int = 32, gen_len: int = 128,
             compile: bool = False, bandwidth_gbs: float | None = None, quantize: str | None = None,
-            warmup: bool = True) -> SpeedResult:
-    """Greedy-decode ``gen_len`` tokens after a random ``prompt_len`` prompt and time it."""
+            warmup: bool = True, stream: Callable[..., Iterator[torch.Tensor]] | None = None) -> SpeedResult:
+    """Greedy-decode ``gen_len`` tokens after a random ``prompt_len`` prompt and time it.
+
+    ``stream`` is the decode loop timed: this project's ``stream_tokens`` by default, or a baseline with the same
+    signature (:func:`baichuan13b.bench.original.original_stream`)."""
     from ..generation import stream_tokens
 
+    loop = stream or stream_tokens
     device = model.device
     bandwidth_gbs = bandwidth_gbs or copy_bandwidth(device)
     ids = torch.randint(3, model.config.vocab_size, (batch, prompt_len), device=device,
@@ -130,13 +134,13 @@ def measure(model: BaichuanForCausalLM, *, name: str, batch: int = 1, prompt_len
     kwargs: dict[str, Any] = dict(max_new_tokens=gen_len, eos_token_id=None, do_sample=False,
                                   repetition_penalty=1.0, compile=compile)
     if warmup:  # compile and warm the kernels at the same shapes
-        for _ in stream_tokens(model, ids, **{**kwargs, "max_new_tokens": min(gen_len, 8)}):
+        for _ in loop(model, ids, **{**kwargs, "max_new_tokens": min(gen_len, 8)}):
             pass
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     t0 = time.perf_counter()
-    steps = stream_tokens(model, ids, **kwargs)
+    steps = loop(model, ids, **kwargs)
     first = next(steps)
     first.tolist()  # the first token is on the host: time to first token
     ttft = time.perf_counter() - t0

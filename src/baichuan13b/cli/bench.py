@@ -43,10 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against-llama-cpp", default=None, metavar="LLAMA_BENCH",
                    help="path of llama.cpp's llama-bench: export the same random weights to GGUF and compare "
                         "decode and prefill per precision, alternating runs (see docs/benchmarks.md)")
+    p.add_argument("--against-original", action="store_true",
+                   help="time the original release's decode loop (eager, torch.cat cache, ALiBi table; "
+                        "baichuan13b.bench.original) on the same weights, alternating with ours, and print the "
+                        "ratio (--rounds rounds)")
     p.add_argument("--precisions", default="fp32,bf16,int8,int4",
                    help="with --against-llama-cpp: which of fp32,bf16,int8,int4 to compare")
     p.add_argument("--prefill-len", type=int, default=512, help="with --against-llama-cpp: prefill tokens")
-    p.add_argument("--rounds", type=int, default=3, help="with --against-llama-cpp: alternating rounds (best kept)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --against-llama-cpp / --against-original: alternating rounds (best kept)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
 
 
@@ -81,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.llama_cpp import run_comparison
 
         return run_comparison(args, gen_len=gen_len)
+    if args.against_original:
+        from ..bench.original import run_comparison as against_original
+
+        return against_original(args, gen_len=gen_len, dtype=dtype, device=device, compile=compile)
     bandwidth = copy_bandwidth(device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if on_gpu else 'CPU'}), torch {torch.__version__}, "
           f"measured copy bandwidth {bandwidth:.1f} GB/s, {torch.get_num_threads()} CPU threads", flush=True)
