@@ -113,6 +113,24 @@ def test_cpu_kernels_match_dequantize_fallback(dtype):
             assert module.kernel == "cpu"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_products_of_many_rows_are_the_same_weight_only_maths(dtype, monkeypatch):
+    """Prefill-sized int8 products (float32 over the dequantized weight, from INT8_WIDEN_ROWS rows) and decode-sized
+    ones (the int8 kernel) both give x @ (q * scales).T to the activation dtype's rounding."""
+    torch.manual_seed(0)
+    module = WeightOnlyInt8Linear.from_float(torch.randn(96, 256) * 0.05, dtype)
+    exact = lambda x: (x.double() @ module.dequantize(torch.float64).t())  # noqa: E731
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    monkeypatch.setattr(QF, "INT8_WIDEN_ROWS", 8)
+    for rows in (1, 7, 8, 40):  # both sides of the threshold
+        x = torch.randn(rows, 256).to(dtype)
+        y = module(x)
+        assert y.dtype == dtype and y.shape == (rows, 96)
+        assert torch.allclose(y.double(), exact(x), atol=tol, rtol=tol), rows
+    x = torch.randn(2, 20, 256).to(dtype)  # batch dimensions are kept; rows are counted across them
+    assert torch.allclose(module(x).double(), exact(x), atol=tol, rtol=tol)
+
+
 def test_int4_kernel_layout_converts_back_exactly():
     torch.manual_seed(0)
     w = torch.randn(64, 256)
