@@ -25,6 +25,7 @@ from ..quantization.functional import (
     int4_kernel_mm,
     int8_fbgemm_available,
     int8_fbgemm_mm,
+    int8_linear_reference,
     pack_int4_for_kernel,
     pack_int8_for_fbgemm,
     quantize_int4,
@@ -68,6 +69,8 @@ def kernels(N: int, K: int, count: int, group_size: int) -> dict[str, tuple[torc
     if hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         out["int8 _weight_int8pack_mm"] = (torch.bfloat16, codes, N * K,
                                            lambda x, w: torch.ops.aten._weight_int8pack_mm(x, w[0], w[1]))
+        out["int8 dequantized to fp32 (int8_linear's many-row path)"] = (
+            torch.bfloat16, codes, N * K, lambda x, w: int8_linear_reference(x.float(), w[0], w[1]).bfloat16())
     if int8_fbgemm_available():
         out["int8 fbgemm (exact digits)"] = (torch.float32, [pack_int8_for_fbgemm(q, s.float()) for q, s in codes],
                                              N * K, int8_fbgemm_mm)

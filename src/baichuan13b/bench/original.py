@@ -24,6 +24,13 @@ import torch
 from ..model import BaichuanForCausalLM, alibi_slopes
 
 
+def check_supported(config) -> None:
+    """The original-code baseline is the 13B's ALiBi code: a clear error for any other position encoding."""
+    if config.position_embedding != "alibi":
+        raise ValueError("the original-code baseline is the 13B's ALiBi code; this model uses "
+                         f"{config.position_embedding} positions")
+
+
 def future_mask(num_heads: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The original's ALiBi table [heads, length, length]: ``-inf`` above the diagonal, ``slope * key position``
     elsewhere (a per-row constant away from the relative bias, so the softmax is the same)."""
@@ -80,9 +87,7 @@ def original_stream(model: BaichuanForCausalLM, input_ids: torch.Tensor, max_new
     """
     from ..cpu_linear import has_packed_weights
 
-    if model.config.position_embedding != "alibi":
-        raise ValueError("the original-code baseline is the 13B's ALiBi code; this model uses "
-                         f"{model.config.position_embedding} positions")
+    check_supported(model.config)
     if has_packed_weights(model):
         raise ValueError("the original-code baseline needs plain nn.Linear weights (the original has no "
                          "prepacking): load the model without prepack (--no-prepack)")
@@ -105,7 +110,8 @@ def run_comparison(args, *, gen_len: int, dtype: torch.dtype, device: torch.devi
     """``baichuan bench --against-original``: this project's decode (as ``baichuan bench`` runs it: prepacked,
     ``--quantize``, ``--compile``) and the original loop on the same weights (plain, unquantized), alternating for
     ``--rounds`` rounds; prints each best and the ratio ours / original."""
-    from .speed import config_from_spec, copy_bandwidth, measure, prepare, random_model, write_json
+    from ..config import ModelConfig
+    from .speed import SpeedResult, config_from_spec, copy_bandwidth, measure, prepare, random_model, write_json
 
     if args.batch != 1:
         raise ValueError("--against-original compares batch-1 decoding (--batch 1)")
@@ -113,28 +119,27 @@ def run_comparison(args, *, gen_len: int, dtype: torch.dtype, device: torch.devi
         raise ValueError("--rounds must be positive")
     if args.model:
         name = str(args.model).rstrip("/").split("/")[-1]
+        check_supported(ModelConfig.from_pretrained(args.model))
 
         def load():
             return BaichuanForCausalLM.from_pretrained(args.model, torch_dtype=dtype, device_map=str(device))
     else:
         name = args.random_weights or "baichuan-232m"
         config = config_from_spec(name)
+        check_supported(config)
 
         def load():
             return random_model(config, dtype, device, seed=0)  # the same weights every time
     ours, original = prepare(load(), args), load()
-    if original.config.position_embedding != "alibi":
-        raise ValueError(f"--against-original: {name} uses {original.config.position_embedding} positions; the "
-                         "original-code baseline is the 13B's ALiBi code")
     bandwidth = copy_bandwidth(device)
     print(f"device {device}, torch {torch.__version__}, measured copy bandwidth {bandwidth:.1f} GB/s, "
           f"{torch.get_num_threads()} CPU threads; {name}, {str(dtype).replace('torch.', '')}, prompt "
           f"{args.prompt_len}, {gen_len} new tokens, {args.rounds} alternating rounds (best kept)", flush=True)
-    best: dict[str, object] = {}
+    best: dict[str, SpeedResult] = {}
     for r in range(args.rounds):
         for label, model, kwargs in (("ours", ours, dict(compile=compile, quantize=args.quantize)),
                                      ("original", original, dict(stream=original_stream))):
-            res = measure(model, name=f"{label}", prompt_len=args.prompt_len, gen_len=gen_len,
+            res = measure(model, name=label, prompt_len=args.prompt_len, gen_len=gen_len,
                           bandwidth_gbs=bandwidth, **kwargs)
             print(f"round {r + 1}: {res.line()}", flush=True)
             if label not in best or res.tokens_per_s > best[label].tokens_per_s:
