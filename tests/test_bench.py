@@ -144,10 +144,11 @@ def test_original_loop_baseline_refuses_what_the_original_code_is_not():
                                     num_attention_heads=8, architectures=[ROPE_ARCHITECTURE]), torch.float32, "cpu")
     with pytest.raises(ValueError, match="ALiBi"):
         next(original_stream(rope, torch.tensor([[5, 6]]), max_new_tokens=2))
-    packed = random_model(tiny(), torch.float32, "cpu")
-    if pack_linear_weights(packed, (torch.float32,)):
-        with pytest.raises(ValueError, match="plain nn.Linear"):
-            next(original_stream(packed, torch.tensor([[5, 6]]), max_new_tokens=2))
+    for layout in ("packed", "streamed"):  # the original has neither: its kernels are PyTorch's plain ones
+        packed = random_model(tiny(), torch.float32, "cpu")
+        if pack_linear_weights(packed, (torch.float32,), layout=layout):
+            with pytest.raises(ValueError, match="plain nn.Linear"):
+                next(original_stream(packed, torch.tensor([[5, 6]]), max_new_tokens=2))
 
 
 def test_bench_against_original_prints_the_ratio(tmp_path):

@@ -10,7 +10,7 @@ from torch import nn
 
 from baichuan13b.cpu_linear import (
     PackedLinear,
-    WidenedLinear,
+    StreamedLinear,
     pack_linear_weights,
     packing_available,
     unpack_linear_weights,
@@ -33,7 +33,7 @@ def _pair(dtype, **kw):
 @pytest.mark.parametrize("arch", ["alibi", "rope"])
 def test_bfloat16_packed_decoding_is_identical(arch):
     plain, packed = _pair(torch.bfloat16, arch=arch)
-    n = pack_linear_weights(packed)
+    n = pack_linear_weights(packed, layout="packed")
     assert n == 2 * 5 + 1  # W_pack, o_proj, gate, up, down in each of 2 layers, and lm_head
     assert isinstance(packed.lm_head, PackedLinear) and packed.lm_head.weight.layout == torch._mkldnn
     ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -47,8 +47,8 @@ def test_bfloat16_packed_decoding_is_identical(arch):
 
 def test_float32_packed_logits_close_and_state_dict_plain(tmp_path):
     plain, packed = _pair(torch.float32)
-    assert pack_linear_weights(packed, dtypes=(torch.bfloat16,)) == 0  # only the dtypes asked for
-    assert pack_linear_weights(packed) > 0  # float32 is packed by default (whole decodes faster: docs)
+    assert pack_linear_weights(packed, dtypes=(torch.bfloat16,), layout="packed") == 0  # only the dtypes asked for
+    assert pack_linear_weights(packed, layout="packed") > 0
     ids = torch.randint(3, 128, (1, 7), generator=torch.Generator().manual_seed(1))
     for n in (1, 7):  # a single-row product and a prefill
         torch.testing.assert_close(packed(ids[:, :n]).logits, plain(ids[:, :n]).logits, rtol=1e-5, atol=1e-5)
@@ -63,7 +63,7 @@ def test_float32_packed_logits_close_and_state_dict_plain(tmp_path):
 
 def test_unpack_restores_trainable_plain_linears():
     plain, packed = _pair(torch.float32)
-    pack_linear_weights(packed, dtypes=(torch.float32,))
+    pack_linear_weights(packed, dtypes=(torch.float32,), layout="packed")
     assert unpack_linear_weights(packed) == 11
     assert all(type(m) is not PackedLinear for m in packed.modules())
     assert type(packed.model.layers[0].mlp.up_proj) is nn.Linear
@@ -86,23 +86,31 @@ def test_skips_what_cannot_be_packed():
     assert pack_linear_weights(q) == 1  # only the float lm_head; int8 layers keep their own kernel
 
 
-def test_chat_commands_load_packed_unless_disabled():
+def test_chat_commands_load_a_fast_layout_unless_disabled():
+    """One-sequence commands stream (where the kernels compile), the server packs for its batches, and
+    --cpu-layout / --no-prepack choose."""
     from baichuan13b.cli import build_parser
     from baichuan13b.cli.common import load
+    from baichuan13b.cpu_gemv import gemv_available
 
     parser = build_parser()
     base = ["generate", "--model", "demo", "--no-progress", "--prompt", "x"]
+    one = StreamedLinear if gemv_available() else PackedLinear
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16"]))
-    assert isinstance(model.lm_head, PackedLinear if packing_available(torch.bfloat16) else WidenedLinear)
+    assert isinstance(model.lm_head, one if packing_available(torch.bfloat16) else StreamedLinear)
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16", "--no-prepack"]))
     assert type(model.lm_head) is nn.Linear
-    model, _ = load(parser.parse_args(base))  # the demo's float32: packed too
+    model, _ = load(parser.parse_args(base))  # the demo's float32
+    assert isinstance(model.lm_head, one)
+    model, _ = load(parser.parse_args(base + ["--cpu-layout", "packed"]))
+    assert isinstance(model.lm_head, PackedLinear)
+    model, _ = load(parser.parse_args(["serve", "--model", "demo", "--no-progress"]))  # --max-batch 16
     assert isinstance(model.lm_head, PackedLinear)
 
 
 def test_compiled_decoding_refuses_packed_weights_with_the_fix():
     _, packed = _pair(torch.float32)
-    pack_linear_weights(packed)
+    pack_linear_weights(packed, layout="packed")
     with pytest.raises(ValueError, match="unpack_linear_weights"):
         packed.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, compile=True)
 
@@ -126,7 +134,7 @@ def test_packing_frees_the_plain_weights():
 
     _, packed = _pair(torch.float32)
     refs = [weakref.ref(m.weight) for m in packed.modules() if type(m) is nn.Linear]
-    pack_linear_weights(packed)
+    pack_linear_weights(packed, layout="packed")
     gc.collect()
     assert refs and all(r() is None for r in refs)  # no second copy of the model stays in memory
 
@@ -143,11 +151,12 @@ def test_bfloat16_is_widened_where_the_cpu_cannot_pack_it(monkeypatch):
         PackedLinear(nn.Linear(16, 16, bias=False).to(torch.bfloat16))
     plain, wide = _pair(torch.bfloat16)
     weight = wide.lm_head.weight
-    assert pack_linear_weights(wide) == 11 and all(type(m) is not PackedLinear for m in wide.modules())
-    assert type(wide.lm_head) is WidenedLinear and wide.lm_head.weight is weight  # the same tensor, no copy
+    assert pack_linear_weights(wide, layout="packed") == 11
+    assert all(type(m) is not PackedLinear for m in wide.modules())
+    assert type(wide.lm_head) is StreamedLinear and wide.lm_head.weight is weight  # the same tensor, no copy
     layer = wide.model.layers[0].mlp.up_proj
     few, many = torch.randn(3, 64).bfloat16(), torch.randn(40, 64).bfloat16()
-    assert torch.equal(layer(few), F.linear(few, layer.weight))  # decode rows: the bfloat16 product as before
+    assert torch.equal(layer(few), F.linear(few, layer.weight))  # 3 rows: the bfloat16 product as before
     assert torch.equal(layer(many), F.linear(many.float(), layer.weight.float()).bfloat16())
     ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(wide(ids).logits, plain(ids).logits, rtol=3e-2, atol=3e-2)
@@ -156,11 +165,11 @@ def test_bfloat16_is_widened_where_the_cpu_cannot_pack_it(monkeypatch):
 
     args = build_parser().parse_args(["generate", "--model", "demo", "--no-progress", "--dtype", "bfloat16"])
     model, tok = load(args)
-    assert type(model.lm_head) is WidenedLinear
+    assert type(model.lm_head) is StreamedLinear  # whatever the layout asked for
     ids = torch.tensor([tok.encode("1加1等于几")])
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
     _, fp32 = _pair(torch.float32)
-    assert pack_linear_weights(fp32) == 11 and isinstance(fp32.lm_head, PackedLinear)
+    assert pack_linear_weights(fp32, layout="packed") == 11 and isinstance(fp32.lm_head, PackedLinear)
 
 
 def test_the_capability_check_matches_what_onednn_accepts():

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_gemv import GEMV_MAX_ROWS, compile_for, gemv, gemv_applies, gemv_available
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 logger = logging.getLogger(__name__)
@@ -114,27 +116,40 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-# From this many rows up, a bfloat16 product on a CPU without native bfloat16 runs in float32 (see WidenedLinear).
+# From this many rows up, a bfloat16 product on a CPU without native bfloat16 runs in float32 (see StreamedLinear).
 WIDEN_ROWS = 16
 
 
-class WidenedLinear(nn.Linear):
-    """A bias-free bfloat16 ``nn.Linear`` for CPUs where oneDNN has no bfloat16 (AVX2 only, e.g. AMD EPYC without
-    AVX-512): there PyTorch multiplies one row at a time, so a product's time grows with its rows
-    (``python -m baichuan13b.bench.kernels --threads 2``, 3072 x 1024: 1 row 0.33 ms, 16 rows 4.9, 512 rows 160),
-    while the same product in float32 costs 1.6 / 3.1 / 21.6 ms including the weight's conversion. From :data:`WIDEN_ROWS` rows up (prefills, large batches)
-    the product therefore runs in float32 and is rounded back to bfloat16; fewer rows (decode) stay bfloat16.
-    Both accumulate in float32, so results agree to accumulation order. The weight stays the one bfloat16
-    parameter (no second copy); everything else is ``nn.Linear``'s.
+class StreamedLinear(nn.Linear):
+    """A bias-free ``nn.Linear`` on CPU whose decode products stream the weight once, for the dtypes oneDNN cannot
+    pack here (bfloat16 on AVX2-only CPUs, e.g. AMD EPYC without AVX-512).
+
+    By the rows of the input (all rows of a call share one product):
+
+    * up to :data:`~baichuan13b.cpu_gemv.GEMV_MAX_ROWS` rows (decode steps of one or two sequences): the
+      generated kernel of :func:`baichuan13b.cpu_gemv.gemv`, float32 accumulation in registers (2752 x 1024,
+      bfloat16, 2 threads: 0.18 vs 0.39 ms for ``F.linear``);
+    * from :data:`WIDEN_ROWS` rows (prefills, large batches) in bfloat16 on CPUs where oneDNN has no bfloat16
+      (:func:`packing_available` is False): the product in float32, rounded back, since PyTorch then multiplies
+      bfloat16 one row at a time
+      (``python -m baichuan13b.bench.kernels --threads 2``, 3072 x 1024: 512 rows 160 ms vs 21.6 in float32
+      including the weight's conversion);
+    * in between, autograd, or where the kernels cannot be compiled: ``F.linear``.
+
+    All paths accumulate in float32, so results agree to accumulation order. The weight stays the one plain
+    parameter (no second copy); everything else, ``state_dict`` included, is ``nn.Linear``'s.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() >= WIDEN_ROWS * self.in_features and x.dtype == torch.bfloat16:
+        x2 = x.reshape(-1, self.in_features)  # [M, K]
+        if x2.dtype == self.weight.dtype and gemv_applies(x2, self.weight):
+            return gemv(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
+        if x2.shape[0] >= WIDEN_ROWS and x.dtype == torch.bfloat16 and not packing_available(torch.bfloat16):
             return F.linear(x.float(), self.weight.float()).to(x.dtype)
         return F.linear(x, self.weight)
 
     @classmethod
-    def wrap(cls, linear: nn.Linear) -> "WidenedLinear":
+    def wrap(cls, linear: nn.Linear) -> "StreamedLinear":
         """The same layer, sharing ``linear``'s weight parameter."""
         return _bias_free(cls, linear.weight)
 
@@ -144,41 +159,64 @@ def _linears(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Modu
             if type(child) is kind]
 
 
-# What the loaders pack by default: bfloat16 decodes faster packed (paired runs: median 1.28x), and so does float32
-# on a quiet machine (232M shape, greedy 128 tokens, best of 3 alternating, same tokens: 2 threads 30.0 vs 17.8
-# tok/s = 1.69x, 1 thread 1.06x; an earlier run on a loaded machine had 0.93x).
+# What the loaders lay out for fast CPU products by default: bfloat16 and float32.
 DEFAULT_DTYPES = (torch.bfloat16, torch.float32)
+LAYOUTS = ("streamed", "packed")
 
 
-def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES) -> int:
-    """Pack every plain ``nn.Linear`` on CPU whose weight dtype is in ``dtypes`` (bfloat16 and float32 by
-    default), in place, for fast products.
+def choose_layout(max_rows: int) -> str:
+    """The faster layout for decode steps of up to ``max_rows`` sequences together: ``"streamed"`` (plain
+    weights, the generated kernels of :mod:`baichuan13b.cpu_gemv`) for at most
+    :data:`~baichuan13b.cpu_gemv.GEMV_MAX_ROWS` where those compile here, else ``"packed"`` (oneDNN).
 
-    Where this CPU cannot pack bfloat16 (:func:`packing_available`: AVX2-only CPUs), bfloat16 linears become
-    :class:`WidenedLinear` instead (same weight; many-row products in float32). Skipped: other dtypes and
-    devices, quantized or LoRA-wrapped modules (not plain ``nn.Linear``), linears with a bias, and a ``lm_head``
-    tied to the embeddings. Returns the number of modules replaced. Inference only: :func:`unpack_linear_weights`
-    before training.
+    Measured per matrix (2752 x 1024, 2 threads, AVX-512 AMD EPYC, 2026-12-07): bfloat16 1 row 0.167 ms streamed
+    vs 0.244 packed, 2 rows 0.209 vs 0.269, but 4 rows 0.384 vs 0.245 and 16 rows plain ``F.linear`` 0.523 vs
+    packed 0.328; float32 1 row 0.346 vs 0.445. Prefills (512 rows) cost the same in either layout.
+    """
+    return "streamed" if max_rows <= GEMV_MAX_ROWS and gemv_available() else "packed"
+
+
+def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES, *,
+                        layout: str = "streamed") -> int:
+    """Lay out every plain ``nn.Linear`` on CPU whose weight dtype is in ``dtypes`` (bfloat16 and float32 by
+    default) for fast products, in place.
+
+    ``layout="streamed"`` (for decoding one or two sequences: chat, generate, the web page): the linears become
+    :class:`StreamedLinear` (same weight tensor; decode rows through generated kernels that stream it once);
+    where those kernels cannot be compiled here (:func:`~baichuan13b.cpu_gemv.gemv_available`) this falls
+    back to ``"packed"``. ``layout="packed"`` (for batches of several sequences: the server): :class:`PackedLinear`
+    (oneDNN's layout, replacing the plain weight); where this CPU cannot pack bfloat16 (:func:`packing_available`:
+    AVX2-only CPUs) bfloat16 linears become :class:`StreamedLinear` anyway. Skipped: other dtypes and devices,
+    quantized or LoRA-wrapped modules (not plain ``nn.Linear``), linears with a bias, and a ``lm_head`` tied to
+    the embeddings. Returns the number of modules replaced. Inference only: :func:`unpack_linear_weights`
+    before training. The streamed kernels are compiled here, for each weight shape (about a second each the
+    first time on this machine, cached on disk after), not during the first answer.
     """
     unsupported = [d for d in dtypes if d not in PACKABLE_DTYPES]
     if unsupported:
         raise ValueError(f"pack_linear_weights: {unsupported} cannot be packed; supported: {list(PACKABLE_DTYPES)}")
-    packable = tuple(d for d in dtypes if packing_available(d))
-    widen = torch.bfloat16 in dtypes and torch.bfloat16 not in packable
+    if layout not in LAYOUTS:
+        raise ValueError(f"pack_linear_weights: unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    stream_all = layout == "streamed" and gemv_available()
+    packable = () if stream_all else tuple(d for d in dtypes if packing_available(d))
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    count = 0
+    count, streamed = 0, []
     for parent, name, child in _linears(model, nn.Linear):
         w = child.weight
-        if w.device.type != "cpu" or child.bias is not None or (tied and name == "lm_head"):
+        if w.device.type != "cpu" or child.bias is not None or (tied and name == "lm_head") or w.dtype not in dtypes:
             continue
         if w.dtype in packable:
             setattr(parent, name, PackedLinear(child))
             child.weight = None  # the plain copy is freed now, not when the loop ends: peak memory stays one model
-        elif widen and w.dtype == torch.bfloat16:
-            setattr(parent, name, WidenedLinear.wrap(child))
+        elif stream_all or w.dtype == torch.bfloat16:
+            setattr(parent, name, StreamedLinear.wrap(child))
+            streamed.append(child.weight)
         else:
             continue
         count += 1
+    if streamed:  # their decode kernels now, not during the first answer
+        for dtype in {w.dtype for w in streamed}:
+            compile_for([tuple(w.shape) for w in streamed if w.dtype == dtype], dtype)
     return count
 
 
@@ -187,13 +225,18 @@ def has_packed_weights(model: nn.Module) -> bool:
     return any(isinstance(m, PackedLinear) for m in model.modules())
 
 
+def has_cpu_layout(model: nn.Module) -> bool:
+    """Whether :func:`pack_linear_weights` laid out any linear of ``model`` (packed or streamed)."""
+    return any(isinstance(m, (PackedLinear, StreamedLinear)) for m in model.modules())
+
+
 def unpack_linear_weights(model: nn.Module) -> int:
-    """Undo :func:`pack_linear_weights`: every :class:`PackedLinear` and :class:`WidenedLinear` becomes a plain
+    """Undo :func:`pack_linear_weights`: every :class:`PackedLinear` and :class:`StreamedLinear` becomes a plain
     ``nn.Linear`` again."""
     found = _linears(model, PackedLinear)
     for parent, name, child in found:
         setattr(parent, name, child.to_linear())
-    widened = _linears(model, WidenedLinear)
+    widened = _linears(model, StreamedLinear)
     for parent, name, child in widened:
         setattr(parent, name, _bias_free(nn.Linear, child.weight))
     return len(found) + len(widened)

@@ -85,10 +85,10 @@ def original_stream(model: BaichuanForCausalLM, input_ids: torch.Tensor, max_new
 
     ``input_ids`` [B, T] without padding. The model must be ALiBi with plain (not prepacked) linear weights.
     """
-    from ..cpu_linear import has_packed_weights
+    from ..cpu_linear import has_cpu_layout
 
     check_supported(model.config)
-    if has_packed_weights(model):
+    if has_cpu_layout(model):
         raise ValueError("the original-code baseline needs plain nn.Linear weights (the original has no "
                          "prepacking): load the model without prepack (--no-prepack)")
     if input_ids.dim() == 1:

@@ -201,11 +201,24 @@ def display_name(args: argparse.Namespace) -> str:
 
 
 def add_weight_layout_arguments(g: Any) -> None:
-    """``--group-size`` and ``--no-prepack``: how loaded weights are laid out (every loading command and bench)."""
+    """``--group-size``, ``--cpu-layout`` and ``--no-prepack``: how loaded weights are laid out (every loading
+    command and bench)."""
     g.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128, 256], help="int4 group size")
+    g.add_argument("--cpu-layout", choices=["auto", "streamed", "packed"], default="auto",
+                   help="CPU: how bfloat16/float32 linear weights are laid out for decoding: 'streamed' (generated "
+                        "kernels, fastest for 1-2 sequences at once), 'packed' (oneDNN, fastest for larger "
+                        "batches); auto: packed for the server when --max-batch > 2 (bench: --batch), else "
+                        "streamed (docs/performance.md)")
     g.add_argument("--no-prepack", dest="prepack", action="store_false",
-                   help="CPU: keep the weights in PyTorch's layout (default: bfloat16 linear weights are "
-                        "prepacked for oneDNN, faster decoding; see docs/performance.md)")
+                   help="CPU: keep the weights in PyTorch's layout and PyTorch's kernels (slower decoding)")
+
+
+def cpu_layout(args: argparse.Namespace, max_rows: int) -> str:
+    """``--cpu-layout``, with ``auto`` resolved for decode steps of up to ``max_rows`` sequences."""
+    from ..cpu_linear import choose_layout
+
+    layout = getattr(args, "cpu_layout", "auto")
+    return choose_layout(max_rows) if layout == "auto" else layout
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -386,7 +399,8 @@ def load(args: argparse.Namespace, for_inference: bool = True):
     if world == 1 and for_inference and getattr(args, "prepack", True) and not adapter:
         from ..cpu_linear import pack_linear_weights
 
-        pack_linear_weights(model)  # CPU bfloat16 / float32 linears only; a no-op on GPUs
+        # CPU bfloat16 / float32 linears only; a no-op on GPUs. The server decodes up to --max-batch rows at once.
+        pack_linear_weights(model, layout=cpu_layout(args, getattr(args, "max_batch", 1)))
     adapt_generation_defaults(model, args)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer

@@ -1,0 +1,150 @@
+"""The generated CPU decode kernels (cpu_gemv) and the streamed layout that uses them: same products as PyTorch's
+kernels to accumulation order, same greedy tokens, used only where they apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from checkpoints import tiny_config
+from torch import nn
+
+from baichuan13b import cpu_gemv
+from baichuan13b.cpu_gemv import GEMV_MAX_ROWS, gemv, gemv_applies, gemv_available, int8_gemv
+from baichuan13b.cpu_linear import PackedLinear, StreamedLinear, pack_linear_weights, unpack_linear_weights
+from baichuan13b.model import BaichuanForCausalLM
+from baichuan13b.quantization.functional import int8_linear_reference, quantize_int8
+
+pytestmark = pytest.mark.skipif(not gemv_available(), reason="Inductor cannot compile CPU kernels here")
+
+
+def _rand(*shape, dtype=torch.float32, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("shape", [(48, 64), (37, 93)])  # odd sizes: the kernels' vector tails
+def test_gemv_is_the_float32_accumulated_product(dtype, rows, shape):
+    n, k = shape
+    x, w = _rand(rows, k, dtype=dtype, seed=1), _rand(n, k, dtype=dtype, seed=2)
+    y = gemv(x, w)
+    assert y.shape == (rows, n) and y.dtype == dtype
+    exact = (x.double() @ w.double().t()).to(dtype)  # the exact product, rounded once
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(y, exact, **tol)
+    torch.testing.assert_close(y.float(), F.linear(x.float(), w.float()).to(dtype).float(), **tol)
+
+
+def test_gemv_takes_views_and_rejects_mixed_dtypes():
+    x, w = _rand(3, 64), _rand(16, 64)
+    torch.testing.assert_close(gemv(x[1:2], w), x[1:2] @ w.t())  # an offset view
+    torch.testing.assert_close(gemv(x.t().contiguous().t()[:, :64][:1], w), x[:1] @ w.t())
+    with pytest.raises(ValueError, match="share a float dtype"):
+        gemv(x[:1], w.bfloat16())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_gemv_is_the_weight_only_product(dtype):
+    w = _rand(40, 96, seed=3)
+    q, scales = quantize_int8(w, dtype)
+    for rows in (1, 2):
+        x = _rand(rows, 96, dtype=dtype, seed=4)
+        ref = int8_linear_reference(x.float(), q, scales.float()).to(dtype)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
+        torch.testing.assert_close(int8_gemv(x, q, scales), ref, **tol)
+    with pytest.raises(ValueError, match="int8 codes"):
+        int8_gemv(x, q.float(), scales)
+
+
+def test_gemv_applies_only_to_few_rows_without_autograd():
+    w = _rand(16, 32)
+    assert gemv_applies(_rand(GEMV_MAX_ROWS, 32), w)
+    assert not gemv_applies(_rand(GEMV_MAX_ROWS + 1, 32), w)
+    assert not gemv_applies(_rand(1, 32).requires_grad_(), w)
+    with torch.no_grad():
+        assert gemv_applies(_rand(1, 32), nn.Parameter(w))
+
+
+def test_streamed_linear_routes_by_rows_and_keeps_gradients(monkeypatch):
+    calls = []
+    from baichuan13b import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "gemv", lambda x2, w: calls.append(x2.shape[0]) or gemv(x2, w))
+    lin = nn.Linear(64, 48, bias=False)
+    streamed = StreamedLinear.wrap(lin)
+    assert streamed.weight is lin.weight
+    with torch.no_grad():
+        for shape in [(1, 64), (2, 64), (1, 1, 64), (2, 1, 64), (5, 64)]:
+            x = _rand(*shape, seed=5)
+            torch.testing.assert_close(streamed(x), lin(x), rtol=1e-5, atol=1e-5)
+    assert calls == [1, 2, 1, 2]  # the 5-row product is PyTorch's
+    x = _rand(1, 64, seed=6).requires_grad_()
+    streamed(x).sum().backward()  # training through a streamed layer: PyTorch's differentiable product
+    assert x.grad is not None and lin.weight.grad is not None and calls == [1, 2, 1, 2]
+
+
+@pytest.mark.parametrize("arch", ["alibi", "rope"])
+def test_streamed_model_decodes_like_the_plain_one(arch):
+    cfg = tiny_config(max_position=64, arch=arch)
+    plain = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32)
+    fast = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32)
+    assert pack_linear_weights(fast, layout="streamed") == 11
+    assert all(type(m) is not nn.Linear and type(m) is not PackedLinear for m in fast.modules()
+               if isinstance(m, nn.Linear))
+    ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits,
+                                   rtol=1e-5, atol=1e-5)
+    kw = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
+    for rows in (ids[:1], ids):  # one sequence (1-row steps) and two (2-row steps)
+        m = mask[: rows.shape[0]]
+        assert torch.equal(fast.generate(rows, attention_mask=m, **kw), plain.generate(rows, attention_mask=m, **kw))
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert unpack_linear_weights(fast) == 11 and type(fast.lm_head) is nn.Linear
+
+
+def test_bfloat16_streamed_logits_within_rounding():
+    cfg = tiny_config(max_position=64)
+    plain = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.bfloat16)
+    fast = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.bfloat16)
+    pack_linear_weights(fast, layout="streamed")
+    ids = torch.randint(3, 128, (1, 1), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(ids).logits, plain(ids).logits, rtol=3e-2, atol=3e-2)
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("BAICHUAN_CPU_GEMV", "0")
+    gemv_available.cache_clear()
+    try:
+        assert not gemv_available()
+        model = BaichuanForCausalLM.from_config(tiny_config(), seed=0, dtype=torch.float32)
+        pack_linear_weights(model, layout="streamed")  # falls back to the packed layout
+        assert not any(isinstance(m, StreamedLinear) for m in model.modules())
+        assert not gemv_applies(_rand(1, 32), _rand(16, 32))
+    finally:
+        monkeypatch.delenv("BAICHUAN_CPU_GEMV")
+        gemv_available.cache_clear()
+    assert gemv_available()
+
+
+def test_a_failing_compiler_is_reported_and_avoided(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(cpu_gemv, "_compile", broken)
+    monkeypatch.setattr(cpu_gemv, "_kernels", {})
+    gemv_available.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="baichuan13b.cpu_gemv"):
+            assert not gemv_available()
+        assert "no C++ compiler" in caplog.text and "PyTorch's own kernels" in caplog.text
+        lin = StreamedLinear.wrap(nn.Linear(32, 16, bias=False))
+        x = _rand(1, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), F.linear(x, lin.weight))  # still computes, with PyTorch's kernel
+    finally:
+        gemv_available.cache_clear()
