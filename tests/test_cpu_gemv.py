@@ -148,3 +148,30 @@ def test_a_failing_compiler_is_reported_and_avoided(monkeypatch, caplog):
             torch.testing.assert_close(lin(x), F.linear(x, lin.weight))  # still computes, with PyTorch's kernel
     finally:
         gemv_available.cache_clear()
+
+
+def test_streamed_int8_model_decodes_like_the_default_int8_kernels(monkeypatch):
+    from baichuan13b.quantization.modules import WeightOnlyInt8Linear
+
+    cfg = tiny_config(max_position=64)
+    ref = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32).quantize(8)
+    fast = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32).quantize(8)
+    assert pack_linear_weights(fast, layout="streamed") == 1  # lm_head; the int8 layers are flagged, not replaced
+    int8 = [m for m in fast.modules() if isinstance(m, WeightOnlyInt8Linear)]
+    assert int8 and all(m.streamed for m in int8)
+    calls = []
+    from baichuan13b.quantization import modules
+
+    monkeypatch.setattr(modules, "int8_gemv", lambda *a: calls.append(a[0].shape[0]) or int8_gemv(*a))
+    ids = torch.randint(3, 128, (1, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for n in (1, 7):  # a decode row (the generated kernel) and a prefill (PyTorch's)
+            torch.testing.assert_close(fast(ids[:, :n]).logits, ref(ids[:, :n]).logits, rtol=1e-4, atol=1e-4)
+    assert calls == [1] * len(int8)
+    kw = dict(max_new_tokens=10, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
+    assert torch.equal(fast.generate(ids, **kw), ref.generate(ids, **kw))
+    assert all(m.kernel is None for m in int8)  # the stored codes, never fbgemm's layout
+    sd, want = fast.state_dict(), ref.state_dict()
+    assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in want if "lm_head" not in k)
+    unpack_linear_weights(fast)
+    assert not any(m.streamed for m in int8)

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 # Rows up to which the generated kernels win (bfloat16, 2752 x 1024, 2 threads: 1 row 0.18 vs 0.39 ms for
 # F.linear, 2 rows 0.22 vs 0.38; at 4 rows they are level, from 8 rows F.linear wins).
 GEMV_MAX_ROWS = 2
+# int8 codes: one row only (3072 x 1024, 2 threads: 1 row 0.19 ms vs 0.36 for fbgemm's exact-digit GEMM and 0.41
+# for _weight_int8pack_mm; at 2 rows the unrolled kernel already loses).
+INT8_GEMV_MAX_ROWS = 1
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _lock = threading.Lock()
@@ -116,19 +119,25 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def int8_gemv(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x2 @ (q * scales[:, None]).T`` for ``x2`` [M, K] float (``M <= GEMV_MAX_ROWS``), ``q`` int8 [N, K],
+    """``x2 @ (q * scales[:, None]).T`` for ``x2`` [M, K] float (``M <= INT8_GEMV_MAX_ROWS`` is where it wins),
+    ``q`` int8 [N, K],
     ``scales`` [N]: [M, N] in ``x2.dtype``, accumulated in float32."""
     if q.dtype != torch.int8 or x2.dtype not in FLOAT_DTYPES:
         raise ValueError(f"int8_gemv: needs float activations and int8 codes, got {x2.dtype} and {q.dtype}")
-    x2 = x2.detach().contiguous()
+    x2, scales = x2.detach().contiguous(), scales.to(x2.dtype)
     return _kernel("int8", x2, q, scales)(x2, q, scales)
 
 
-def compile_for(shapes, dtype: torch.dtype) -> int:
-    """Compile the one-row kernels for weights of these ``(out, in)`` shapes in ``dtype`` now (at load time)
-    instead of during the first answer. Returns the number compiled (0 where the kernels are unavailable)."""
+def compile_for(shapes, dtype: torch.dtype, codes: bool = False) -> int:
+    """Compile the one-row kernels for weights of these ``(out, in)`` shapes with ``dtype`` activations now (at
+    load time) instead of during the first answer; ``codes``: for int8 codes with ``dtype`` scales. Returns the
+    number of shapes compiled (0 where the kernels are unavailable)."""
     if not gemv_available():
         return 0
     for n, k in sorted(set(shapes)):
-        _kernel("float", torch.empty(1, k, dtype=dtype), torch.empty(n, k, dtype=dtype))
+        x = torch.empty(1, k, dtype=dtype)
+        if codes:
+            _kernel("int8", x, torch.empty(n, k, dtype=torch.int8), torch.empty(n, dtype=dtype))
+        else:
+            _kernel("float", x, torch.empty(n, k, dtype=dtype))
     return len(set(shapes))

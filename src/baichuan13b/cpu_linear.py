@@ -188,7 +188,9 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
     (oneDNN's layout, replacing the plain weight); where this CPU cannot pack bfloat16 (:func:`packing_available`:
     AVX2-only CPUs) bfloat16 linears become :class:`StreamedLinear` anyway. Skipped: other dtypes and devices,
     quantized or LoRA-wrapped modules (not plain ``nn.Linear``), linears with a bias, and a ``lm_head`` tied to
-    the embeddings. Returns the number of modules replaced. Inference only: :func:`unpack_linear_weights`
+    the embeddings; int8 layers (``WeightOnlyInt8Linear``) are not replaced, but in the streamed layout they keep
+    their stored codes and multiply one-row inputs with :func:`~baichuan13b.cpu_gemv.int8_gemv`. Returns the
+    number of modules replaced. Inference only: :func:`unpack_linear_weights`
     before training. The streamed kernels are compiled here, for each weight shape (about a second each the
     first time on this machine, cached on disk after), not during the first answer.
     """
@@ -217,6 +219,15 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
     if streamed:  # their decode kernels now, not during the first answer
         for dtype in {w.dtype for w in streamed}:
             compile_for([tuple(w.shape) for w in streamed if w.dtype == dtype], dtype)
+    if stream_all:  # int8 layers keep their stored codes and stream them one row at a time
+        from .quantization.modules import WeightOnlyInt8Linear
+
+        int8 = [m for m in model.modules() if isinstance(m, WeightOnlyInt8Linear) and m.scales.device.type == "cpu"]
+        for m in int8:
+            m._unpack_kernel()
+            m.streamed = True
+        for dtype in {m.scales.dtype for m in int8}:
+            compile_for([m.float_shape for m in int8 if m.scales.dtype == dtype], dtype, codes=True)
     return count
 
 
@@ -239,4 +250,7 @@ def unpack_linear_weights(model: nn.Module) -> int:
     widened = _linears(model, StreamedLinear)
     for parent, name, child in widened:
         setattr(parent, name, _bias_free(nn.Linear, child.weight))
+    for m in model.modules():
+        if getattr(m, "streamed", False):  # int8 layers back to their default kernels
+            m.streamed = False
     return len(found) + len(widened)

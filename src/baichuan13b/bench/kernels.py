@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..cpu_gemv import GEMV_MAX_ROWS, gemv, gemv_available, int8_gemv
 from ..cpu_linear import WIDEN_ROWS, packing_available
 from ..quantization.functional import (
     int4_kernel_kind,
@@ -56,7 +57,7 @@ def kernels(N: int, K: int, count: int, group_size: int) -> dict[str, tuple[torc
     bf16 = [w.bfloat16() for w in plain]
     out = {
         "bf16 F.linear": (torch.bfloat16, bf16, N * K * 2, F.linear),
-        "bf16 widened to fp32 (WidenedLinear's many-row path)": (
+        "bf16 widened to fp32 (StreamedLinear's many-row path without native bf16)": (
             torch.bfloat16, bf16, N * K * 2, lambda x, w: F.linear(x.float(), w.float()).bfloat16()),
         "fp32 F.linear": (torch.float32, plain, N * K * 4, F.linear),
     }
@@ -71,6 +72,10 @@ def kernels(N: int, K: int, count: int, group_size: int) -> dict[str, tuple[torc
                                            lambda x, w: torch.ops.aten._weight_int8pack_mm(x, w[0], w[1]))
         out["int8 dequantized to fp32 (int8_linear's many-row path)"] = (
             torch.bfloat16, codes, N * K, lambda x, w: int8_linear_reference(x.float(), w[0], w[1]).bfloat16())
+    if gemv_available():  # the generated streaming kernels (cpu_gemv); up to GEMV_MAX_ROWS rows
+        out["bf16 generated GEMV (streamed layout)"] = (torch.bfloat16, bf16, N * K * 2, gemv)
+        out["fp32 generated GEMV (streamed layout)"] = (torch.float32, plain, N * K * 4, gemv)
+        out["int8 generated GEMV"] = (torch.bfloat16, codes, N * K, lambda x, w: int8_gemv(x, w[0], w[1]))
     if int8_fbgemm_available():
         out["int8 fbgemm (exact digits)"] = (torch.float32, [pack_int8_for_fbgemm(q, s.float()) for q, s in codes],
                                              N * K, int8_fbgemm_mm)
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         for name, (dtype, ws, nbytes, fn) in kernels(N, K, args.matrices, args.group_size).items():
             for m in rows:
+                if "generated" in name and m > GEMV_MAX_ROWS:  # decode rows only (cpu_gemv.GEMV_MAX_ROWS)
+                    print(f"| {name} | {m} | not used above {GEMV_MAX_ROWS} rows | - |")
+                    continue
                 x = torch.randn(m, K).to(dtype)
                 s = _time(fn, [(x, w) for w in ws], args.repeats)
                 print(f"| {name} | {m} | {s * 1e3:.3f} | {nbytes / s / 1e9:.1f} |", flush=True)

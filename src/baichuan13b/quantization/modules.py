@@ -16,6 +16,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..cpu_gemv import INT8_GEMV_MAX_ROWS, gemv_applies, int8_gemv
+
 from .functional import (
     QuantizationError,
     check_group_size,
@@ -110,6 +112,9 @@ class WeightOnlyInt8Linear(_KernelLayout):
     """
 
     bits = 8
+    # Set by ``cpu_linear.pack_linear_weights(layout="streamed")``: on CPU keep the stored codes (no fbgemm layout)
+    # and multiply one-row inputs with the generated kernel of ``cpu_gemv.int8_gemv``.
+    streamed: bool = False
 
     def __init__(self, in_features: int, out_features: int, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None):
@@ -172,6 +177,12 @@ class WeightOnlyInt8Linear(_KernelLayout):
         if x.requires_grad and torch.is_grad_enabled():  # no kernel has a derivative: dequantize-matmul
             self._unpack_kernel()
             return int8_linear_reference(x, self.weight, self.scales)
+        if self.streamed and self.use_kernel and x.device.type == "cpu":  # the stored codes, streamed at decode
+            self._unpack_kernel()
+            x2 = x.reshape(-1, self.in_features)  # [M, K]
+            if x2.shape[0] <= INT8_GEMV_MAX_ROWS and x.is_floating_point() and gemv_applies(x2, self.weight):
+                return int8_gemv(x2, self.weight, self.scales).reshape(*x.shape[:-1], self.out_features)
+            return int8_linear(x, self.weight, self.scales)
         use_fbgemm = self.use_kernel and x.device.type == "cpu" and self.scales.device.type == "cpu" \
             and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and int8_fbgemm_available()
         if use_fbgemm:
