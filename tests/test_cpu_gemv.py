@@ -175,3 +175,13 @@ def test_streamed_int8_model_decodes_like_the_default_int8_kernels(monkeypatch):
     assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in want if "lm_head" not in k)
     unpack_linear_weights(fast)
     assert not any(m.streamed for m in int8)
+
+
+def test_compiled_decoding_of_a_streamed_model_gives_the_eager_tokens():
+    """compile=True traces StreamedLinear as its streaming product (Inductor fuses it); same greedy tokens."""
+    cfg = tiny_config(max_position=64)
+    model = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32)
+    pack_linear_weights(model, layout="streamed")
+    ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(5))
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
+    assert torch.equal(model.generate(ids, compile=True, **kw), model.generate(ids, **kw))

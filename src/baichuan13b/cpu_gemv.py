@@ -109,6 +109,17 @@ def gemv_applies(x2: torch.Tensor, weight: torch.Tensor) -> bool:
             and gemv_available())
 
 
+def gemv_expression(x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The product :func:`gemv` compiles, as plain tensor operations: what a streamed layer runs inside a
+    ``torch.compile`` trace, so that Inductor generates the same streaming loop, fused with its neighbours."""
+    return _float_product(x2, weight)[0]
+
+
+def int8_gemv_expression(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The product :func:`int8_gemv` compiles, as plain tensor operations (for ``torch.compile`` traces)."""
+    return _int8_product(x2, q, scales.to(x2.dtype))[0]
+
+
 def gemv(x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x2 @ weight.T`` for ``x2`` [M, K] (``M <= GEMV_MAX_ROWS``) and a float ``weight`` [N, K] of the same
     dtype: [M, N] in ``x2.dtype``, accumulated in float32."""

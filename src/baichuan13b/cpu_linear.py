@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_gemv import GEMV_MAX_ROWS, compile_for, gemv, gemv_applies, gemv_available
+from .cpu_gemv import GEMV_MAX_ROWS, compile_for, gemv, gemv_applies, gemv_available, gemv_expression
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -134,7 +134,9 @@ class StreamedLinear(nn.Linear):
       bfloat16 one row at a time
       (``python -m baichuan13b.bench.kernels --threads 2``, 3072 x 1024: 512 rows 160 ms vs 21.6 in float32
       including the weight's conversion);
-    * in between, autograd, or where the kernels cannot be compiled: ``F.linear``.
+    * in between, autograd, or where the kernels cannot be compiled: ``F.linear``;
+    * inside a ``torch.compile`` trace (``compile=True`` decoding), up to ``GEMV_MAX_ROWS`` rows: the same product
+      as tensor operations (:func:`~baichuan13b.cpu_gemv.gemv_expression`), generated and fused by Inductor.
 
     All paths accumulate in float32, so results agree to accumulation order. The weight stays the one plain
     parameter (no second copy); everything else, ``state_dict`` included, is ``nn.Linear``'s.
@@ -142,6 +144,10 @@ class StreamedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [M, K]
+        if x2.dtype == self.weight.dtype and x2.shape[0] <= GEMV_MAX_ROWS and torch.compiler.is_compiling():
+            # Inside torch.compile (compiled decode steps): the same streaming product as tensor operations, which
+            # Inductor fuses with the norms and activations around it.
+            return gemv_expression(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
         if x2.dtype == self.weight.dtype and gemv_applies(x2, self.weight):
             return gemv(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
         if x2.shape[0] >= WIDEN_ROWS and x.dtype == torch.bfloat16 and not packing_available(torch.bfloat16):

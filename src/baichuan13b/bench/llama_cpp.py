@@ -167,14 +167,14 @@ def run_comparison(args: argparse.Namespace, gen_len: int) -> int:
         print(f"CPU, {threads} threads, torch {torch.__version__}, copy bandwidth {bandwidth:.1f} GB/s "
               f"(read + written, the roofline's bandwidth as in `baichuan bench`); batch 1, decode "
               f"{gen_len} tokens after {args.prompt_len}, prefill {args.prefill_len}; best of {args.rounds} "
-              "alternating rounds", flush=True)
+              f"alternating rounds; our decode steps {'compiled' if args.compile else 'eager'}", flush=True)
         for rnd in range(args.rounds):
             for p in precisions:
                 dtype, quant, _ = PRECISIONS[p]
                 model = prepare(BaichuanForCausalLM.from_pretrained(folder, torch_dtype=dtype, device_map="cpu",
                                                                     progress=False), args, quantize=quant)
                 res = measure(model, name=p, batch=1, prompt_len=args.prompt_len, gen_len=gen_len,
-                              bandwidth_gbs=bandwidth, quantize=quant)
+                              bandwidth_gbs=bandwidth, quantize=quant, compile=bool(args.compile))
                 row = rows[p]
                 row.ours_weight_bytes = weight_bytes_per_token(model)
                 row.ours_decode = max(row.ours_decode, res.tokens_per_s)

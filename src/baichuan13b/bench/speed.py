@@ -187,15 +187,19 @@ def write_json(results: list[SpeedResult], path: str | Path) -> None:
 
 
 def prepare(model, args: Any, quantize: str | None = "flag", prepack: bool | None = None):
-    """Quantize (``--quantize``, or ``quantize`` when given) and prepack (``--no-prepack`` off) as chat loads;
-    never prepacked with ``--compile`` (compiled steps need plain weights)."""
+    """Quantize (``--quantize``, or ``quantize`` when given) and lay out the CPU weights (``--cpu-layout``;
+    ``--no-prepack`` off) as chat loads; with ``--compile`` only the streamed layout (compiled steps cannot
+    trace oneDNN's packed one)."""
     from ..cpu_linear import choose_layout, pack_linear_weights
 
     quantize = args.quantize if quantize == "flag" else quantize
     if quantize:
         model.quantize(8 if quantize == "int8" else 4, group_size=args.group_size,
                        quantize_lm_head=args.quantize_lm_head)
-    if (args.prepack if prepack is None else prepack) and not getattr(args, "compile", False):
+    if (args.prepack if prepack is None else prepack):
         layout = getattr(args, "cpu_layout", "auto")
-        pack_linear_weights(model, layout=choose_layout(getattr(args, "batch", 1)) if layout == "auto" else layout)
+        layout = choose_layout(getattr(args, "batch", 1)) if layout == "auto" else layout
+        if getattr(args, "compile", False) and layout == "packed":
+            return model  # compiled steps cannot trace oneDNN's layout: plain weights
+        pack_linear_weights(model, layout=layout)
     return model

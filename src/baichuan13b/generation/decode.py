@@ -181,7 +181,7 @@ def stream_tokens(
 
         if has_packed_weights(model):
             raise ValueError("compile=True needs plain weights: the model's CPU weights are prepacked for eager "
-                             "decoding (baichuan13b.cpu_linear.unpack_linear_weights(model), or --no-prepack)")
+                             "decoding (baichuan13b.cpu_linear.unpack_linear_weights(model), or --cpu-layout streamed)")
     device = model.device
     input_ids = input_ids.to(device)
     cache_len = _static_cache_length(T + max_new, max(model.config.max_position, T + max_new)) if compile \
