@@ -177,11 +177,23 @@ def test_streamed_int8_model_decodes_like_the_default_int8_kernels(monkeypatch):
     assert not any(m.streamed for m in int8)
 
 
-def test_compiled_decoding_of_a_streamed_model_gives_the_eager_tokens():
-    """compile=True traces StreamedLinear as its streaming product (Inductor fuses it); same greedy tokens."""
+def test_compiled_decoding_of_a_streamed_model_gives_the_eager_tokens(monkeypatch):
+    """compile=True calls the streamed kernels as operators (Inductor fuses the rest); same greedy tokens."""
     cfg = tiny_config(max_position=64)
     model = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32)
     pack_linear_weights(model, layout="streamed")
     ids = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(5))
     kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
+    eager = model.generate(ids, **kw)
+    calls = []
+    monkeypatch.setattr(cpu_gemv, "gemv", lambda x2, w: calls.append(1) or gemv(x2, w))  # what the operator runs
+    assert torch.equal(model.generate(ids, compile=True, **kw), eager)
+    assert len(calls) >= 7 * 11  # 11 streamed layers in each of the 7 compiled one-row steps
+
+
+def test_compiled_decoding_of_a_streamed_int8_model_gives_the_eager_tokens():
+    model = BaichuanForCausalLM.from_config(tiny_config(max_position=64), seed=0, dtype=torch.float32).quantize(8)
+    pack_linear_weights(model, layout="streamed")
+    ids = torch.randint(3, 128, (1, 5), generator=torch.Generator().manual_seed(6))
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
     assert torch.equal(model.generate(ids, compile=True, **kw), model.generate(ids, **kw))

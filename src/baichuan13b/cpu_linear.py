@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_gemv import GEMV_MAX_ROWS, compile_for, gemv, gemv_applies, gemv_available, gemv_expression
+from .cpu_gemv import GEMV_MAX_ROWS, compile_for, gemv, gemv_applies, gemv_available, gemv_op
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -135,19 +135,20 @@ class StreamedLinear(nn.Linear):
       (``python -m baichuan13b.bench.kernels --threads 2``, 3072 x 1024: 512 rows 160 ms vs 21.6 in float32
       including the weight's conversion);
     * in between, autograd, or where the kernels cannot be compiled: ``F.linear``;
-    * inside a ``torch.compile`` trace (``compile=True`` decoding), up to ``GEMV_MAX_ROWS`` rows: the same product
-      as tensor operations (:func:`~baichuan13b.cpu_gemv.gemv_expression`), generated and fused by Inductor.
+    * inside a ``torch.compile`` trace (``compile=True`` decoding), up to ``GEMV_MAX_ROWS`` rows: the same kernel
+      as an operator (:func:`~baichuan13b.cpu_gemv.gemv_op`), with Inductor fusing what lies between.
 
     All paths accumulate in float32, so results agree to accumulation order. The weight stays the one plain
     parameter (no second copy); everything else, ``state_dict`` included, is ``nn.Linear``'s.
     """
 
+    use_gemv: bool = False  # whether the generated kernels compile here (decided once, when the layer is made)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [M, K]
-        if x2.dtype == self.weight.dtype and x2.shape[0] <= GEMV_MAX_ROWS and torch.compiler.is_compiling():
-            # Inside torch.compile (compiled decode steps): the same streaming product as tensor operations, which
-            # Inductor fuses with the norms and activations around it.
-            return gemv_expression(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
+        if self.use_gemv and x2.dtype == self.weight.dtype and x2.shape[0] <= GEMV_MAX_ROWS \
+                and torch.compiler.is_compiling() and not torch.is_grad_enabled():  # compiled decode steps
+            return gemv_op(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
         if x2.dtype == self.weight.dtype and gemv_applies(x2, self.weight):
             return gemv(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
         if x2.shape[0] >= WIDEN_ROWS and x.dtype == torch.bfloat16 and not packing_available(torch.bfloat16):
@@ -157,7 +158,9 @@ class StreamedLinear(nn.Linear):
     @classmethod
     def wrap(cls, linear: nn.Linear) -> "StreamedLinear":
         """The same layer, sharing ``linear``'s weight parameter."""
-        return _bias_free(cls, linear.weight)
+        layer = _bias_free(cls, linear.weight)
+        layer.use_gemv = gemv_available()
+        return layer
 
 
 def _linears(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
