@@ -197,3 +197,18 @@ def test_compiled_decoding_of_a_streamed_int8_model_gives_the_eager_tokens():
     ids = torch.randint(3, 128, (1, 5), generator=torch.Generator().manual_seed(6))
     kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
     assert torch.equal(model.generate(ids, compile=True, **kw), model.generate(ids, **kw))
+
+
+def test_auto_layout_streams_big_models_decoding_one_or_two_sequences():
+    from baichuan13b.cpu_linear import STREAM_MIN_BYTES, choose_layout, streamable_bytes
+
+    assert choose_layout(1, STREAM_MIN_BYTES) == choose_layout(2) == "streamed"
+    assert choose_layout(1, STREAM_MIN_BYTES - 1) == "packed"  # cache-resident weights: no kernels to compile
+    assert choose_layout(GEMV_MAX_ROWS + 1, 1 << 40) == "packed"  # the server's batches
+    cfg = tiny_config()
+    model = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32)
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    assert streamable_bytes(model) == sum(4 * m.weight.numel() for m in linears)
+    q = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.bfloat16).quantize(8)
+    assert streamable_bytes(q) == sum(m.weight.numel() for m in linears if m is not model.lm_head) \
+        + 2 * model.lm_head.weight.numel()  # int8 codes: a byte each; the float lm_head: bfloat16

@@ -86,22 +86,28 @@ def test_skips_what_cannot_be_packed():
     assert pack_linear_weights(q) == 1  # only the float lm_head; int8 layers keep their own kernel
 
 
-def test_chat_commands_load_a_fast_layout_unless_disabled():
-    """One-sequence commands stream (where the kernels compile), the server packs for its batches, and
-    --cpu-layout / --no-prepack choose."""
+def test_chat_commands_load_a_fast_layout_unless_disabled(monkeypatch):
+    """One-sequence commands stream models big enough to be bound by reading their weights (where the kernels
+    compile), small ones (the demo) and the server's batches pack, and --cpu-layout / --no-prepack choose."""
+    from baichuan13b import cpu_linear
     from baichuan13b.cli import build_parser
     from baichuan13b.cli.common import load
     from baichuan13b.cpu_gemv import gemv_available
 
     parser = build_parser()
     base = ["generate", "--model", "demo", "--no-progress", "--prompt", "x"]
-    one = StreamedLinear if gemv_available() else PackedLinear
-    model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16"]))
-    assert isinstance(model.lm_head, one if packing_available(torch.bfloat16) else StreamedLinear)
+    bf16_packed = PackedLinear if packing_available(torch.bfloat16) else StreamedLinear
+    model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16"]))  # 16.7 MB: not worth compiling kernels
+    assert isinstance(model.lm_head, bf16_packed)
+    model, _ = load(parser.parse_args(base))  # the demo's float32
+    assert isinstance(model.lm_head, PackedLinear)
+    model, _ = load(parser.parse_args(base + ["--cpu-layout", "streamed"]))
+    assert isinstance(model.lm_head, StreamedLinear if gemv_available() else PackedLinear)
     model, _ = load(parser.parse_args(base + ["--dtype", "bfloat16", "--no-prepack"]))
     assert type(model.lm_head) is nn.Linear
-    model, _ = load(parser.parse_args(base))  # the demo's float32
-    assert isinstance(model.lm_head, one)
+    monkeypatch.setattr(cpu_linear, "STREAM_MIN_BYTES", 0)  # as if the demo were a big model
+    model, _ = load(parser.parse_args(base))
+    assert isinstance(model.lm_head, StreamedLinear if gemv_available() else PackedLinear)
     model, _ = load(parser.parse_args(base + ["--cpu-layout", "packed"]))
     assert isinstance(model.lm_head, PackedLinear)
     model, _ = load(parser.parse_args(["serve", "--model", "demo", "--no-progress"]))  # --max-batch 16

@@ -156,13 +156,20 @@ def int8_gemv(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.
     return _kernel("int8", x32, q, scales)(x32, q, scales)
 
 
-def compile_for(shapes, dtype: torch.dtype, codes: bool = False) -> int:
+def compile_for(shapes, dtype: torch.dtype, codes: bool = False, progress: bool = False) -> int:
     """Compile the one-row kernels for weights of these ``(out, in)`` shapes with ``dtype`` activations now (at
-    load time) instead of during the first answer; ``codes``: for int8 codes with ``dtype`` scales. Returns the
-    number of shapes compiled (0 where the kernels are unavailable)."""
+    load time) instead of during the first answer; ``codes``: for int8 codes with ``dtype`` scales; ``progress``:
+    a bar on stderr (the first time on a machine this takes seconds per shape). Returns the number of shapes
+    compiled (0 where the kernels are unavailable)."""
     if not gemv_available():
         return 0
-    for n, k in sorted(set(shapes)):
+    todo = sorted(set(shapes))
+    if progress:
+        from tqdm.auto import tqdm
+
+        todo = tqdm(todo, desc=f"Compiling CPU decode kernels ({'int8' if codes else str(dtype)[6:]})",
+                    unit="shape", leave=False)
+    for n, k in todo:
         x = torch.empty(1, k, dtype=dtype)
         if codes:
             _kernel("int8", x.float(), torch.empty(n, k, dtype=torch.int8), torch.empty(n, dtype=dtype))

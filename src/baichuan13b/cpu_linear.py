@@ -173,20 +173,42 @@ DEFAULT_DTYPES = (torch.bfloat16, torch.float32)
 LAYOUTS = ("streamed", "packed")
 
 
-def choose_layout(max_rows: int) -> str:
+# Below this many bytes of float linear weights a model's decode step is not bound by streaming them from memory
+# (they largely stay in the caches), so ``auto`` keeps the packed layout and skips compiling kernels: the demo
+# model (16.7 MB) saves about a tenth of a millisecond per token streamed, against 14 s of compilation the first
+# time on a machine and 3 s in every later process (`printf '你好\n' | baichuan chat`: 18.2 / 6.8 s vs 3.6 s).
+STREAM_MIN_BYTES = 64 << 20
+
+
+def streamable_bytes(model: nn.Module) -> int:
+    """Bytes of the weights the streamed layout would stream on CPU: bfloat16 / float32 plain ``nn.Linear``
+    weights and int8 codes."""
+    from .quantization.modules import WeightOnlyInt8Linear
+
+    total = sum(m.weight.numel() * m.weight.element_size() for _, _, m in _linears(model, nn.Linear)
+                if m.weight.device.type == "cpu" and m.weight.dtype in DEFAULT_DTYPES)
+    return total + sum(m.out_features * m.in_features for m in model.modules()
+                       if isinstance(m, WeightOnlyInt8Linear) and m.scales.device.type == "cpu")
+
+
+def choose_layout(max_rows: int, weight_bytes: int | None = None) -> str:
     """The faster layout for decode steps of up to ``max_rows`` sequences together: ``"streamed"`` (plain
     weights, the generated kernels of :mod:`baichuan13b.cpu_gemv`) for at most
-    :data:`~baichuan13b.cpu_gemv.GEMV_MAX_ROWS` where those compile here, else ``"packed"`` (oneDNN).
+    :data:`~baichuan13b.cpu_gemv.GEMV_MAX_ROWS` where those compile here and the model's streamable weights
+    (``weight_bytes``, :func:`streamable_bytes`, when given) reach :data:`STREAM_MIN_BYTES`, else ``"packed"``
+    (oneDNN).
 
     Measured per matrix (2752 x 1024, 2 threads, AVX-512 AMD EPYC, 2026-12-07): bfloat16 1 row 0.167 ms streamed
     vs 0.244 packed, 2 rows 0.209 vs 0.269, but 4 rows 0.384 vs 0.245 and 16 rows plain ``F.linear`` 0.523 vs
     packed 0.328; float32 1 row 0.346 vs 0.445. Prefills (512 rows) cost the same in either layout.
     """
+    if weight_bytes is not None and weight_bytes < STREAM_MIN_BYTES:
+        return "packed"
     return "streamed" if max_rows <= GEMV_MAX_ROWS and gemv_available() else "packed"
 
 
 def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES, *,
-                        layout: str = "streamed") -> int:
+                        layout: str = "streamed", progress: bool = False) -> int:
     """Lay out every plain ``nn.Linear`` on CPU whose weight dtype is in ``dtypes`` (bfloat16 and float32 by
     default) for fast products, in place.
 
@@ -201,7 +223,7 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
     their stored codes and multiply one-row inputs with :func:`~baichuan13b.cpu_gemv.int8_gemv`. Returns the
     number of modules replaced. Inference only: :func:`unpack_linear_weights`
     before training. The streamed kernels are compiled here, for each weight shape (about a second each the
-    first time on this machine, cached on disk after), not during the first answer.
+    first time on this machine, cached on disk after), not during the first answer; ``progress`` shows a bar.
     """
     unsupported = [d for d in dtypes if d not in PACKABLE_DTYPES]
     if unsupported:
@@ -227,7 +249,7 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
         count += 1
     if streamed:  # their decode kernels now, not during the first answer
         for dtype in {w.dtype for w in streamed}:
-            compile_for([tuple(w.shape) for w in streamed if w.dtype == dtype], dtype)
+            compile_for([tuple(w.shape) for w in streamed if w.dtype == dtype], dtype, progress=progress)
     if stream_all:  # int8 layers keep their stored codes and stream them one row at a time
         from .quantization.modules import WeightOnlyInt8Linear
 
@@ -236,7 +258,8 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
             m._unpack_kernel()
             m.streamed = True
         for dtype in {m.scales.dtype for m in int8}:
-            compile_for([m.float_shape for m in int8 if m.scales.dtype == dtype], dtype, codes=True)
+            compile_for([m.float_shape for m in int8 if m.scales.dtype == dtype], dtype, codes=True,
+                        progress=progress)
     return count
 
 

@@ -190,7 +190,7 @@ def prepare(model, args: Any, quantize: str | None = "flag", prepack: bool | Non
     """Quantize (``--quantize``, or ``quantize`` when given) and lay out the CPU weights (``--cpu-layout``;
     ``--no-prepack`` off) as chat loads; with ``--compile`` only the streamed layout (compiled steps cannot
     trace oneDNN's packed one)."""
-    from ..cpu_linear import choose_layout, pack_linear_weights
+    from ..cpu_linear import choose_layout, pack_linear_weights, streamable_bytes
 
     quantize = args.quantize if quantize == "flag" else quantize
     if quantize:
@@ -198,7 +198,7 @@ def prepare(model, args: Any, quantize: str | None = "flag", prepack: bool | Non
                        quantize_lm_head=args.quantize_lm_head)
     if (args.prepack if prepack is None else prepack):
         layout = getattr(args, "cpu_layout", "auto")
-        layout = choose_layout(getattr(args, "batch", 1)) if layout == "auto" else layout
+        layout = choose_layout(getattr(args, "batch", 1), streamable_bytes(model)) if layout == "auto" else layout
         if getattr(args, "compile", False) and layout == "packed":
             return model  # compiled steps cannot trace oneDNN's layout: plain weights
         pack_linear_weights(model, layout=layout)

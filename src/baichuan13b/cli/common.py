@@ -207,18 +207,18 @@ def add_weight_layout_arguments(g: Any) -> None:
     g.add_argument("--cpu-layout", choices=["auto", "streamed", "packed"], default="auto",
                    help="CPU: how bfloat16/float32 linear weights are laid out for decoding: 'streamed' (generated "
                         "kernels, fastest for 1-2 sequences at once), 'packed' (oneDNN, fastest for larger "
-                        "batches); auto: packed for the server when --max-batch > 2 (bench: --batch), else "
-                        "streamed (docs/performance.md)")
+                        "batches); auto: packed for the server when --max-batch > 2 (bench: --batch) and for "
+                        "models under 64 MiB of weights (the demo), else streamed (docs/performance.md)")
     g.add_argument("--no-prepack", dest="prepack", action="store_false",
                    help="CPU: keep the weights in PyTorch's layout and PyTorch's kernels (slower decoding)")
 
 
-def cpu_layout(args: argparse.Namespace, max_rows: int) -> str:
-    """``--cpu-layout``, with ``auto`` resolved for decode steps of up to ``max_rows`` sequences."""
-    from ..cpu_linear import choose_layout
+def cpu_layout(args: argparse.Namespace, max_rows: int, model) -> str:
+    """``--cpu-layout``, with ``auto`` resolved for ``model`` decoding up to ``max_rows`` sequences at once."""
+    from ..cpu_linear import choose_layout, streamable_bytes
 
     layout = getattr(args, "cpu_layout", "auto")
-    return choose_layout(max_rows) if layout == "auto" else layout
+    return choose_layout(max_rows, streamable_bytes(model)) if layout == "auto" else layout
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -400,7 +400,8 @@ def load(args: argparse.Namespace, for_inference: bool = True):
         from ..cpu_linear import pack_linear_weights
 
         # CPU bfloat16 / float32 linears only; a no-op on GPUs. The server decodes up to --max-batch rows at once.
-        pack_linear_weights(model, layout=cpu_layout(args, getattr(args, "max_batch", 1)))
+        pack_linear_weights(model, layout=cpu_layout(args, getattr(args, "max_batch", 1), model),
+                            progress=not args.no_progress and rank == 0)
     adapt_generation_defaults(model, args)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
     return model, tokenizer
