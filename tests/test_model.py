@@ -265,3 +265,24 @@ def test_static_shape_decoding_equals_dynamic(name):
                          input_pos=torch.tensor([6 + t])).logits[:, -1])
     assert static.length == 0  # the caller tracks positions
     torch.testing.assert_close(torch.stack(out), torch.stack(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_single_query_attention_matches_the_exact_softmax_on_both_sides_of_the_float32_threshold(monkeypatch):
+    """A CPU decode step's attention (one query per row): float32 copies for short caches, the batched matmul for
+    long ones; both within bfloat16 rounding of the float64 softmax, with the additive bias applied."""
+    import math
+
+    from baichuan13b import model as M
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (1, 37, 37))
+    bias = torch.zeros(2, 1, 1, 37)
+    bias[1, :, :, :5] = float("-inf")  # left padding of the second row
+    scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(16) + bias.double()
+    exact = scores.softmax(-1) @ v.double()  # [2, 4, 1, 16]
+    for limit in (1 << 22, 0):  # float32 copies, then the bfloat16 matmul
+        monkeypatch.setattr(M, "SINGLE_QUERY_FLOAT32_ELEMENTS", limit)
+        y = M.single_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias)
+        assert y.dtype == torch.bfloat16 and y.shape == (2, 4, 1, 16)
+        torch.testing.assert_close(y.double(), exact, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(M.single_query_attention(q, k, v, bias).double(), exact, rtol=1e-5, atol=1e-5)
