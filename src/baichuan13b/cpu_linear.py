@@ -121,8 +121,8 @@ WIDEN_ROWS = 16
 
 
 class StreamedLinear(nn.Linear):
-    """A bias-free ``nn.Linear`` on CPU whose decode products stream the weight once, for the dtypes oneDNN cannot
-    pack here (bfloat16 on AVX2-only CPUs, e.g. AMD EPYC without AVX-512).
+    """A bias-free ``nn.Linear`` on CPU whose decode products stream the weight once: the streamed layout of
+    :func:`pack_linear_weights`, and bfloat16 in the packed layout on CPUs where oneDNN cannot pack it (AVX2 only).
 
     By the rows of the input (all rows of a call share one product):
 
@@ -205,6 +205,12 @@ def choose_layout(max_rows: int, weight_bytes: int | None = None) -> str:
     if weight_bytes is not None and weight_bytes < STREAM_MIN_BYTES:
         return "packed"
     return "streamed" if max_rows <= GEMV_MAX_ROWS and gemv_available() else "packed"
+
+
+def resolve_layout(layout: str, max_rows: int, model: nn.Module) -> str:
+    """``layout`` as given (``"streamed"`` or ``"packed"``), or for ``"auto"`` :func:`choose_layout` for ``model``
+    decoding up to ``max_rows`` sequences at once (what ``--cpu-layout`` means)."""
+    return choose_layout(max_rows, streamable_bytes(model)) if layout == "auto" else layout
 
 
 def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES, *,

@@ -190,15 +190,14 @@ def prepare(model, args: Any, quantize: str | None = "flag", prepack: bool | Non
     """Quantize (``--quantize``, or ``quantize`` when given) and lay out the CPU weights (``--cpu-layout``;
     ``--no-prepack`` off) as chat loads; with ``--compile`` only the streamed layout (compiled steps cannot
     trace oneDNN's packed one)."""
-    from ..cpu_linear import choose_layout, pack_linear_weights, streamable_bytes
+    from ..cpu_linear import pack_linear_weights, resolve_layout
 
     quantize = args.quantize if quantize == "flag" else quantize
     if quantize:
         model.quantize(8 if quantize == "int8" else 4, group_size=args.group_size,
                        quantize_lm_head=args.quantize_lm_head)
     if (args.prepack if prepack is None else prepack):
-        layout = getattr(args, "cpu_layout", "auto")
-        layout = choose_layout(getattr(args, "batch", 1), streamable_bytes(model)) if layout == "auto" else layout
+        layout = resolve_layout(getattr(args, "cpu_layout", "auto"), getattr(args, "batch", 1), model)
         if getattr(args, "compile", False) and layout == "packed":
             return model  # compiled steps cannot trace oneDNN's layout: plain weights
         pack_linear_weights(model, layout=layout)

@@ -213,14 +213,6 @@ def add_weight_layout_arguments(g: Any) -> None:
                    help="CPU: keep the weights in PyTorch's layout and PyTorch's kernels (slower decoding)")
 
 
-def cpu_layout(args: argparse.Namespace, max_rows: int, model) -> str:
-    """``--cpu-layout``, with ``auto`` resolved for ``model`` decoding up to ``max_rows`` sequences at once."""
-    from ..cpu_linear import choose_layout, streamable_bytes
-
-    layout = getattr(args, "cpu_layout", "auto")
-    return choose_layout(max_rows, streamable_bytes(model)) if layout == "auto" else layout
-
-
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", default=None, type=model_arg,
@@ -397,10 +389,11 @@ def load(args: argparse.Namespace, for_inference: bool = True):
     if world > 1 and not sliced:
         apply_tensor_parallel(model)
     if world == 1 and for_inference and getattr(args, "prepack", True) and not adapter:
-        from ..cpu_linear import pack_linear_weights
+        from ..cpu_linear import pack_linear_weights, resolve_layout
 
         # CPU bfloat16 / float32 linears only; a no-op on GPUs. The server decodes up to --max-batch rows at once.
-        pack_linear_weights(model, layout=cpu_layout(args, getattr(args, "max_batch", 1), model),
+        layout = resolve_layout(getattr(args, "cpu_layout", "auto"), getattr(args, "max_batch", 1), model)
+        pack_linear_weights(model, layout=layout,
                             progress=not args.no_progress and rank == 0)
     adapt_generation_defaults(model, args)
     tokenizer = BaichuanTokenizer.from_pretrained(args.tokenizer or model_path)
