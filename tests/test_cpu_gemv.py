@@ -36,6 +36,20 @@ def test_gemv_is_the_float32_accumulated_product(dtype, rows, shape):
     torch.testing.assert_close(y.float(), F.linear(x.float(), w.float()).to(dtype).float(), **tol)
 
 
+def test_long_input_dimensions_are_summed_by_chunks():
+    assert [cpu_gemv.reduction_chunks(k) for k in (64, 1024, 4096, 5120, 11008, 13696)] == [1, 1, 1, 2, 4, 4]
+    assert cpu_gemv.reduction_chunks(4099) == 1  # a prime: one plain reduction rather than tiny chunks
+    k = 5120  # the 13B's hidden size: two chunks of 2,560
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = _rand(1, k, dtype=dtype, seed=7), _rand(24, k, dtype=dtype, seed=8)
+        exact = (x.double() @ w.double().t()).to(dtype)
+        tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=5e-2)
+        torch.testing.assert_close(gemv(x, w), exact, **tol)
+    q, scales = quantize_int8(_rand(24, k, seed=9), torch.float32)
+    x = _rand(1, k, seed=10)
+    torch.testing.assert_close(int8_gemv(x, q, scales), int8_linear_reference(x, q, scales), rtol=1e-5, atol=1e-4)
+
+
 def test_gemv_takes_views_and_rejects_mixed_dtypes():
     x, w = _rand(3, 64), _rand(16, 64)
     torch.testing.assert_close(gemv(x[1:2], w), x[1:2] @ w.t())  # an offset view
@@ -175,6 +189,31 @@ def test_streamed_int8_model_decodes_like_the_default_int8_kernels(monkeypatch):
     assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in want if "lm_head" not in k)
     unpack_linear_weights(fast)
     assert not any(m.streamed for m in int8)
+
+
+def test_streamed_layout_leaves_long_int8_rows_to_the_library_kernels(monkeypatch):
+    """int8 layers with more inputs than INT8_GEMV_MAX_IN keep fbgemm's (or PyTorch's) kernel in the streamed
+    layout; compiled decoding then streams them too, since fbgemm's packed weight cannot be traced."""
+    from baichuan13b import cpu_linear
+    from baichuan13b.quantization.modules import WeightOnlyInt8Linear
+
+    cfg = tiny_config(max_position=64)
+    model = BaichuanForCausalLM.from_config(cfg, seed=0, dtype=torch.float32).quantize(8)
+    monkeypatch.setattr(cpu_linear, "INT8_GEMV_MAX_IN", cfg.hidden_size)  # down_proj's rows are longer
+    pack_linear_weights(model, layout="streamed")
+    int8 = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyInt8Linear)}
+    long_rows = {n for n, m in int8.items() if m.in_features > cfg.hidden_size}
+    assert long_rows and all(n.endswith("down_proj") for n in long_rows)
+    assert all(m.streamed == (n not in long_rows) for n, m in int8.items())
+    ids = torch.randint(3, 128, (1, 5), generator=torch.Generator().manual_seed(6))
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, repetition_penalty=1.0)
+    eager = model.generate(ids, **kw)
+    from baichuan13b.quantization.functional import int8_fbgemm_available
+
+    if int8_fbgemm_available():
+        assert all(int8[n].kernel == "fbgemm" for n in long_rows)
+    assert torch.equal(model.generate(ids, compile=True, **kw), eager)
+    assert all(m.streamed and m.kernel is None for m in int8.values())
 
 
 def test_compiled_decoding_of_a_streamed_model_gives_the_eager_tokens(monkeypatch):

@@ -35,16 +35,47 @@ GEMV_MAX_ROWS = 2
 # int8 codes: one row only (3072 x 1024, 2 threads: 1 row 0.19 ms vs 0.36 for fbgemm's exact-digit GEMM and 0.41
 # for _weight_int8pack_mm; at 2 rows the unrolled kernel already loses).
 INT8_GEMV_MAX_ROWS = 1
+# ... and for input dimensions up to this: the kernel keeps the float32 activation row in the L1 cache, and
+# longer rows made it the slower choice (2 threads, AVX-512 AMD EPYC, 2026-12-07, ms per product: 3072 x 1024
+# 0.137 vs 0.197 for fbgemm; 1024 x 2752 0.155 vs 0.195; but 2048 x 5504 0.88 vs 0.64, 13696 x 5120 5.9 vs 3.4
+# and 5120 x 13696 5.7 vs 2.9), so int8 layers with more inputs keep fbgemm's (or PyTorch's) kernel.
+INT8_GEMV_MAX_IN = 3072
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _lock = threading.Lock()
 _kernels: dict[tuple, Callable] = {}
 
 
+# Inductor sums a reduction of more than 4,096 elements with a cascade helper (for accuracy), which made these
+# kernels 1.2-1.7x slower at the 13B shapes (K = 5,120 and 13,696; 2 threads, AVX-512 AMD EPYC, 2026-12-07:
+# bfloat16 13696 x 5120 7.43 -> 4.63 ms, 64000 x 5120 49.0 -> 28.9 ms; float32 2048 x 5504 2.2 -> 1.8 ms). So a long
+# input dimension is split into equal chunks of at most this many elements, each summed by a plain vector
+# accumulator, and the chunk sums are added (float32 throughout, as before).
+REDUCTION_CHUNK = 4096
+
+
+def reduction_chunks(K: int) -> int:
+    """Into how many equal chunks of at most :data:`REDUCTION_CHUNK` the kernels split an input dimension ``K``
+    (1 when it is short enough, or when no divisor gives chunks of at least 256 elements)."""
+    for chunks in range(1, K // 256 + 1):
+        if K % chunks == 0 and K // chunks <= REDUCTION_CHUNK:
+            return chunks
+    return 1
+
+
+def _row_sums(x_row: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # x_row [K] float32, w [N, K] (any dtype) -> [N] float32: sum_k x_row[k] * w[n, k], by chunks of the K axis
+    N, K = w.shape
+    C = reduction_chunks(K)
+    if C == 1:
+        return (x_row * w.float()).sum(-1)
+    return (x_row.view(C, K // C) * w.float().view(N, C, K // C)).sum(-1).sum(-1)  # [N, C] -> [N]
+
+
 def _float_product(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor]:
     # x [M, K], w [N, K] -> ([M, N],): one reduction over K per row of x, unrolled over the M rows so that each
     # is a single streaming pass over w.
-    rows = [(x[m].float() * w.float()).sum(-1) for m in range(x.shape[0])]  # M x [N] float32
+    rows = [_row_sums(x[m].float(), w) for m in range(x.shape[0])]  # M x [N] float32
     return (torch.stack(rows).to(x.dtype),)
 
 
@@ -53,7 +84,7 @@ def _int8_product(x32: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> t
     # scaled after the sum. The activations come in float32 (converted once, outside): converting them inside the
     # loop, once per output row, made the kernel compute-bound (3072 x 1024, 2 threads: 0.146 vs 0.106 ms).
     s = scales.float()
-    rows = [(x32[m] * q.float()).sum(-1) * s for m in range(x32.shape[0])]  # M x [N] float32
+    rows = [_row_sums(x32[m], q) * s for m in range(x32.shape[0])]  # M x [N] float32
     return (torch.stack(rows).to(scales.dtype),)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_gemv import GEMV_MAX_ROWS, compile_for, gemv, gemv_applies, gemv_available, gemv_op
+from .cpu_gemv import GEMV_MAX_ROWS, INT8_GEMV_MAX_IN, compile_for, gemv, gemv_applies, gemv_available, gemv_op
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -225,8 +225,9 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
     (oneDNN's layout, replacing the plain weight); where this CPU cannot pack bfloat16 (:func:`packing_available`:
     AVX2-only CPUs) bfloat16 linears become :class:`StreamedLinear` anyway. Skipped: other dtypes and devices,
     quantized or LoRA-wrapped modules (not plain ``nn.Linear``), linears with a bias, and a ``lm_head`` tied to
-    the embeddings; int8 layers (``WeightOnlyInt8Linear``) are not replaced, but in the streamed layout they keep
-    their stored codes and multiply one-row inputs with :func:`~baichuan13b.cpu_gemv.int8_gemv`. Returns the
+    the embeddings; int8 layers (``WeightOnlyInt8Linear``) are not replaced, but in the streamed layout those with
+    a short input dimension keep their stored codes and multiply one-row inputs with
+    :func:`~baichuan13b.cpu_gemv.int8_gemv` (:func:`stream_int8_layers`); longer ones keep fbgemm's kernel. Returns the
     number of modules replaced. Inference only: :func:`unpack_linear_weights`
     before training. The streamed kernels are compiled here, for each weight shape (about a second each the
     first time on this machine, cached on disk after), not during the first answer; ``progress`` shows a bar.
@@ -256,17 +257,31 @@ def pack_linear_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] = DEFA
     if streamed:  # their decode kernels now, not during the first answer
         for dtype in {w.dtype for w in streamed}:
             compile_for([tuple(w.shape) for w in streamed if w.dtype == dtype], dtype, progress=progress)
-    if stream_all:  # int8 layers keep their stored codes and stream them one row at a time
-        from .quantization.modules import WeightOnlyInt8Linear
-
-        int8 = [m for m in model.modules() if isinstance(m, WeightOnlyInt8Linear) and m.scales.device.type == "cpu"]
-        for m in int8:
-            m._unpack_kernel()
-            m.streamed = True
-        for dtype in {m.scales.dtype for m in int8}:
-            compile_for([m.float_shape for m in int8 if m.scales.dtype == dtype], dtype, codes=True,
-                        progress=progress)
+    if stream_all:  # int8 layers with a short input dimension keep their stored codes, streamed one row at a time
+        stream_int8_layers(model, max_in_features=INT8_GEMV_MAX_IN, progress=progress)
     return count
+
+
+def stream_int8_layers(model: nn.Module, max_in_features: int | None = None, progress: bool = False) -> int:
+    """Flag the CPU int8 layers (``WeightOnlyInt8Linear``) of ``model`` with at most ``max_in_features`` inputs (all
+    of them when None) to keep their stored codes and multiply one-row inputs with the generated kernel
+    (:func:`~baichuan13b.cpu_gemv.int8_gemv`), compiling it for their shapes now; a layer held in fbgemm's layout
+    gets its codes back. Returns the number of layers flagged (0 where the kernels are unavailable here).
+
+    :func:`pack_linear_weights` streams those up to :data:`~baichuan13b.cpu_gemv.INT8_GEMV_MAX_IN` inputs; compiled
+    decode steps stream all (fbgemm's packed weight cannot be traced)."""
+    from .quantization.modules import WeightOnlyInt8Linear
+
+    if not gemv_available():
+        return 0
+    int8 = [m for m in model.modules() if isinstance(m, WeightOnlyInt8Linear) and m.scales.device.type == "cpu"
+            and (max_in_features is None or m.in_features <= max_in_features)]
+    for m in int8:
+        m._unpack_kernel()
+        m.streamed = True
+    for dtype in {m.scales.dtype for m in int8}:
+        compile_for([m.float_shape for m in int8 if m.scales.dtype == dtype], dtype, codes=True, progress=progress)
+    return len(int8)
 
 
 def has_packed_weights(model: nn.Module) -> bool:

@@ -177,11 +177,13 @@ def stream_tokens(
     if max_new == 0:
         return
     if compile:
-        from ..cpu_linear import has_packed_weights
+        from ..cpu_linear import has_packed_weights, stream_int8_layers
 
         if has_packed_weights(model):
             raise ValueError("compile=True needs plain weights: the model's CPU weights are prepacked for eager "
                              "decoding (baichuan13b.cpu_linear.unpack_linear_weights(model), or --cpu-layout streamed)")
+        # CPU int8 layers in fbgemm's layout cannot be traced: from now on they stream their stored codes
+        stream_int8_layers(model)
     device = model.device
     input_ids = input_ids.to(device)
     cache_len = _static_cache_length(T + max_new, max(model.config.max_position, T + max_new)) if compile \
