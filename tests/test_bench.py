@@ -48,6 +48,20 @@ def test_bench_cli_with_a_config_file(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "neither a preset" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "baichuan13b", "bench", "--random-weights", "baichuan-13b:0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "positive integer" in bad.stderr
+
+
+def test_random_weights_of_a_preset_with_fewer_layers():
+    from baichuan13b.bench.speed import config_from_spec
+
+    full, cut = config_from_spec("baichuan-13b"), config_from_spec("baichuan-13b:2")
+    assert cut.num_hidden_layers == 2 and full.num_hidden_layers == 40
+    assert (cut.hidden_size, cut.intermediate_size, cut.architectures) == \
+        (full.hidden_size, full.intermediate_size, full.architectures)
+    with pytest.raises(ValueError, match="positive integer"):
+        config_from_spec("baichuan-13b:two")
 
 
 def _tiny_config_file(tmp_path):

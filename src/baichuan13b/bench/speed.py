@@ -168,15 +168,23 @@ def measure(model: BaichuanForCausalLM, *, name: str, batch: int = 1, prompt_len
 
 
 def config_from_spec(spec: str) -> ModelConfig:
-    """A preset name (``baichuan-13b``, ``baichuan-7b``, ``llama-13b``, ...) or a path to a config.json."""
+    """A preset name (``baichuan-13b``, ``baichuan-7b``, ``llama-13b``, ...), a preset with fewer decoder layers
+    (``baichuan-13b:2``: the real matrix shapes, for machines that cannot hold the whole model), or a path to a
+    config.json."""
     if spec in PRESETS:
         return ModelConfig.from_name(spec)
+    name, sep, layers = spec.rpartition(":")
+    if sep and name in PRESETS:
+        if not (layers.isdigit() and int(layers) > 0):
+            raise ValueError(f"--random-weights {spec!r}: the number of layers after ':' must be a positive "
+                             f"integer, got {layers!r}")
+        return ModelConfig.from_name(name, num_hidden_layers=int(layers))
     path = Path(spec)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ValueError(f"--random-weights {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
-                         "nor a config.json")
+        raise ValueError(f"--random-weights {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}, "
+                         "optionally PRESET:LAYERS) nor a config.json")
     return ModelConfig.from_json_file(path)
 
 

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", default=None, type=model_arg, help="checkpoint folder or hub id")
     src.add_argument("--random-weights", default=None, metavar="PRESET|CONFIG",
                      help="random weights of a preset shape (baichuan-13b, baichuan-7b, llama-13b, baichuan-1b, "
-                          "...) or of a config.json (default: baichuan-13b on GPU, baichuan-1b on CPU)")
+                          "...), of a preset with fewer layers (baichuan-13b:2: the real matrices, less memory) or of a "
+                          "config.json (default: baichuan-13b on GPU, baichuan-1b on CPU)")
     p.add_argument("--compare", action="store_true",
                    help="the seed's table: baichuan-13b and llama-13b shapes with random weights")
     add_dtype_argument(p, help="weight dtype; auto = float16 on GPU, bfloat16 on CPU (with --model: the "
