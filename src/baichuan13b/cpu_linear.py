@@ -181,8 +181,9 @@ STREAM_MIN_BYTES = 64 << 20
 
 
 def streamable_bytes(model: nn.Module) -> int:
-    """Bytes of the weights the streamed layout would stream on CPU: bfloat16 / float32 plain ``nn.Linear``
-    weights and int8 codes."""
+    """Bytes of the weights a CPU decode step reads that the layout choice is about: bfloat16 / float32 plain
+    ``nn.Linear`` weights and int8 codes (all of them, including those whose layers keep fbgemm's kernel in the
+    streamed layout: the threshold asks whether decoding is bound by memory at all)."""
     from .quantization.modules import WeightOnlyInt8Linear
 
     total = sum(m.weight.numel() * m.weight.element_size() for _, _, m in _linears(model, nn.Linear)

@@ -180,11 +180,11 @@ class WeightOnlyInt8Linear(_KernelLayout):
         if self.streamed and self.use_kernel and x.device.type == "cpu":  # the stored codes, streamed at decode
             self._unpack_kernel()
             x2 = x.reshape(-1, self.in_features)  # [M, K]
-            if x2.shape[0] <= INT8_GEMV_MAX_ROWS and x.is_floating_point() and torch.compiler.is_compiling() \
-                    and not torch.is_grad_enabled():
+            decode_row = x2.shape[0] <= INT8_GEMV_MAX_ROWS and x.is_floating_point()
+            if decode_row and torch.compiler.is_compiling() and not torch.is_grad_enabled():
                 y = int8_gemv_op(x2, self.weight, self.scales)  # compiled decode steps: the kernel as an operator
                 return y.reshape(*x.shape[:-1], self.out_features)
-            if x2.shape[0] <= INT8_GEMV_MAX_ROWS and x.is_floating_point() and gemv_applies(x2, self.weight):
+            if decode_row and gemv_applies(x2, self.weight):
                 return int8_gemv(x2, self.weight, self.scales).reshape(*x.shape[:-1], self.out_features)
             return int8_linear(x, self.weight, self.scales)
         use_fbgemm = self.use_kernel and x.device.type == "cpu" and self.scales.device.type == "cpu" \
