@@ -11,7 +11,8 @@ from torch import nn
 
 from baichuan13b import cpu_gemv
 from baichuan13b.cpu_gemv import GEMV_MAX_ROWS, gemv, gemv_applies, gemv_available, int8_gemv
-from baichuan13b.cpu_linear import PackedLinear, StreamedLinear, pack_linear_weights, unpack_linear_weights
+from baichuan13b.cpu_linear import (PackedLinear, StreamedLinear, dense_linear, pack_linear_weights,
+                                    unpack_linear_weights)
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.quantization.functional import int8_linear_reference, quantize_int8
 
@@ -84,18 +85,38 @@ def test_streamed_linear_routes_by_rows_and_keeps_gradients(monkeypatch):
     calls = []
     from baichuan13b import cpu_linear
 
+    dense = cpu_linear.dense_linear
     monkeypatch.setattr(cpu_linear, "gemv", lambda x2, w: calls.append(x2.shape[0]) or gemv(x2, w))
+    monkeypatch.setattr(cpu_linear, "dense_linear", lambda x2, w: calls.append(-x2.shape[0]) or dense(x2, w))
     lin = nn.Linear(64, 48, bias=False)
     streamed = StreamedLinear.wrap(lin)
     assert streamed.weight is lin.weight
     with torch.no_grad():
-        for shape in [(1, 64), (2, 64), (1, 1, 64), (2, 1, 64), (5, 64)]:
+        for shape in [(1, 64), (2, 64), (1, 1, 64), (2, 1, 64), (5, 64), (3, 7, 64)]:
             x = _rand(*shape, seed=5)
             torch.testing.assert_close(streamed(x), lin(x), rtol=1e-5, atol=1e-5)
-    assert calls == [1, 2, 1, 2]  # the 5-row product is PyTorch's
+            assert streamed(x).shape == (*shape[:-1], 48)
+    assert calls == [1, 1, 2, 2, 1, 1, 2, 2, -5, -5, -21, -21]  # more rows: the dense product
+    calls.clear()
     x = _rand(1, 64, seed=6).requires_grad_()
     streamed(x).sum().backward()  # training through a streamed layer: PyTorch's differentiable product
-    assert x.grad is not None and lin.weight.grad is not None and calls == [1, 2, 1, 2]
+    assert x.grad is not None and lin.weight.grad is not None and calls == []
+
+
+def test_float32_dense_products_take_the_plain_weight_as_it_is():
+    """Prefill-sized float32 products on a plain weight (oneDNN where it can: no repacked copy kept) agree with
+    float64 to float32 rounding, for any row count and a non-contiguous input."""
+    w = _rand(96, 640, seed=7)
+    for rows in (3, 16, 130):
+        x = _rand(rows, 1280, seed=rows)[:, ::2]  # [rows, 640], every other column: not contiguous
+        ref = x.double() @ w.double().T
+        with torch.no_grad():
+            y = dense_linear(x, w)
+        assert y.dtype == torch.float32 and y.shape == (rows, 96)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)  # |y| ~ 25: float32 rounding
+    b = w.bfloat16()
+    xb = _rand(20, 640, seed=8).bfloat16()
+    torch.testing.assert_close(dense_linear(xb, b), F.linear(xb, b), rtol=0, atol=0)  # bfloat16: F.linear's
 
 
 @pytest.mark.parametrize("arch", ["alibi", "rope"])
