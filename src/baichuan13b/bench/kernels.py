@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cpu_gemv import GEMV_MAX_ROWS, gemv, gemv_available, int8_gemv
-from ..cpu_linear import WIDEN_ROWS, packing_available
+from ..cpu_linear import WIDEN_ROWS, dense_linear, packing_available
 from ..quantization.functional import (
     int4_kernel_kind,
     int4_kernel_mm,
@@ -58,8 +58,10 @@ def kernels(N: int, K: int, count: int, group_size: int) -> dict[str, tuple[torc
     out = {
         "bf16 F.linear": (torch.bfloat16, bf16, N * K * 2, F.linear),
         "bf16 widened to fp32 (StreamedLinear's many-row path without native bf16)": (
-            torch.bfloat16, bf16, N * K * 2, lambda x, w: F.linear(x.float(), w.float()).bfloat16()),
+            torch.bfloat16, bf16, N * K * 2, lambda x, w: dense_linear(x.float(), w.float()).bfloat16()),
         "fp32 F.linear": (torch.float32, plain, N * K * 4, F.linear),
+        "fp32 dense_linear (StreamedLinear's many-row path: oneDNN on the plain weight)": (
+            torch.float32, plain, N * K * 4, dense_linear),
     }
     onednn = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")  # noqa: E731
     for dtype, name, ws, nbytes in ((torch.float32, "fp32", plain, 4), (torch.bfloat16, "bf16", bf16, 2)):
