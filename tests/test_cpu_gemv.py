@@ -10,9 +10,8 @@ from checkpoints import tiny_config
 from torch import nn
 
 from baichuan13b import cpu_gemv
-from baichuan13b.cpu_gemv import GEMV_MAX_ROWS, gemv, gemv_applies, gemv_available, int8_gemv
-from baichuan13b.cpu_linear import (PackedLinear, StreamedLinear, dense_linear, pack_linear_weights,
-                                    unpack_linear_weights)
+from baichuan13b.cpu_gemv import GEMV_MAX_ROWS, dense_linear, gemv, gemv_applies, gemv_available, int8_gemv
+from baichuan13b.cpu_linear import PackedLinear, StreamedLinear, pack_linear_weights, unpack_linear_weights
 from baichuan13b.model import BaichuanForCausalLM
 from baichuan13b.quantization.functional import int8_linear_reference, quantize_int8
 
@@ -49,6 +48,30 @@ def test_long_input_dimensions_are_summed_by_chunks():
     q, scales = quantize_int8(_rand(24, k, seed=9), torch.float32)
     x = _rand(1, k, seed=10)
     torch.testing.assert_close(int8_gemv(x, q, scales), int8_linear_reference(x, q, scales), rtol=1e-5, atol=1e-4)
+
+
+def test_long_activation_rows_sum_several_output_rows_per_pass():
+    # Rows longer than L1_ROW_BYTES (the 13B's down_proj: 13,696 inputs) sum ROW_BLOCK output rows per pass over
+    # the activation row; a short one keeps one row per pass; the block divides N and shrinks with the rows.
+    assert cpu_gemv.row_block(5120, 13696, 2) == cpu_gemv.ROW_BLOCK
+    assert cpu_gemv.row_block(13696, 5120, 2) == 1 and cpu_gemv.row_block(13696, 5120, 4) == cpu_gemv.ROW_BLOCK
+    assert cpu_gemv.row_block(5120, 13696, 2, rows=2) == cpu_gemv.ROW_BLOCK // 2
+    assert cpu_gemv.row_block(36, 13696, 2) == 4 and cpu_gemv.row_block(37, 13696, 2) == 1
+    k = 8192 + 96  # bfloat16: 16.2 KiB, past the L1 row; two chunks of 4,144
+    for dtype, n in ((torch.bfloat16, 40), (torch.bfloat16, 36), (torch.float32, 24), (torch.float32, 37)):
+        assert cpu_gemv.row_block(n, k, dtype.itemsize) > 1 or n % 2
+        w = _rand(n, k, dtype=dtype, seed=11)
+        for rows in (1, 2):
+            x = _rand(rows, k, dtype=dtype, seed=12)
+            exact = (x.double() @ w.double().t()).to(dtype)
+            tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=5e-2)
+            torch.testing.assert_close(gemv(x, w), exact, **tol)
+    q, scales = quantize_int8(_rand(24, 5120, seed=13), torch.bfloat16)  # float32 activations: 20 KiB rows
+    assert cpu_gemv.row_block(24, 5120, 4) == cpu_gemv.ROW_BLOCK
+    x = _rand(1, 5120, dtype=torch.bfloat16, seed=14)
+    torch.testing.assert_close(int8_gemv(x, q, scales).float(),
+                               int8_linear_reference(x.float(), q, scales.float()).bfloat16().float(),
+                               rtol=1e-2, atol=5e-2)
 
 
 def test_gemv_takes_views_and_rejects_mixed_dtypes():
@@ -117,6 +140,9 @@ def test_float32_dense_products_take_the_plain_weight_as_it_is():
     b = w.bfloat16()
     xb = _rand(20, 640, seed=8).bfloat16()
     torch.testing.assert_close(dense_linear(xb, b), F.linear(xb, b), rtol=0, atol=0)  # bfloat16: F.linear's
+    x = _rand(130, 640, seed=9).requires_grad_()  # autograd (LoRA on an int8 base): gradients flow to the input
+    dense_linear(x, w).sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(130, -1))
 
 
 @pytest.mark.parametrize("arch", ["alibi", "rope"])

@@ -129,6 +129,11 @@ def test_int8_products_of_many_rows_are_the_same_weight_only_maths(dtype, monkey
         assert torch.allclose(y.double(), exact(x), atol=tol, rtol=tol), rows
     x = torch.randn(2, 20, 256).to(dtype)  # batch dimensions are kept; rows are counted across them
     assert torch.allclose(module(x).double(), exact(x), atol=tol, rtol=tol)
+    q, scales = quantize_int8(torch.randn(96, 256) * 0.05, dtype)  # the codes kept (no fbgemm layout)
+    for rows in (7, 40):  # the int8 kernel, then float32 over dequantized blocks
+        x = torch.randn(rows, 256).to(dtype)
+        want = x.double() @ dequantize_int8(q, scales, torch.float64).t()
+        assert torch.allclose(QF.int8_linear(x, q, scales).double(), want, atol=tol, rtol=tol), rows
 
 
 def test_int4_kernel_layout_converts_back_exactly():

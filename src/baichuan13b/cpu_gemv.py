@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +66,52 @@ def reduction_chunks(K: int) -> int:
     return 1
 
 
-def _row_sums(x_row: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # x_row [K] float32, w [N, K] (any dtype) -> [N] float32: sum_k x_row[k] * w[n, k], by chunks of the K axis
+# An activation row longer than this (in bytes of its dtype) does not stay in the 32-48 KiB L1 data cache while
+# a weight row as long streams past it, so each output row re-read it from L2, and the kernels fell well short of
+# the memory bandwidth (bfloat16 5120 x 13696, the 13B's down_proj: 21-22 GB/s against 28-29 for 13696 x 5120).
+# Past it, :data:`ROW_BLOCK` output rows are summed together in one pass over the activation row (each of its
+# loads serves all of them): 5120 x 13696 bfloat16 31 GB/s, float32 5120 x 13696 and 13696 x 5120 1.2-1.3x
+# (2 threads, AVX-512 AMD EPYC, 2026-12-07). Shorter rows keep one output row per pass (there blocking was level
+# or slightly slower).
+L1_ROW_BYTES = 16 << 10
+# Output rows per pass for one activation row (divided by the activation rows of the call, so that the
+# accumulators, ROW_BLOCK x 2 AVX-512 registers, fit the register file); 4 and 16 were slower than 8.
+ROW_BLOCK = 8
+
+
+def row_block(N: int, K: int, itemsize: int, rows: int = 1) -> int:
+    """How many of the ``N`` output rows the kernels sum together per pass over an activation row of ``K``
+    elements of ``itemsize`` bytes, for ``rows`` activation rows per call: 1 while the row fits
+    :data:`L1_ROW_BYTES`, else :data:`ROW_BLOCK` // ``rows`` (halved until it divides ``N``)."""
+    if K * itemsize <= L1_ROW_BYTES:
+        return 1
+    block = max(1, ROW_BLOCK // rows)
+    while N % block:
+        block //= 2
+    return block
+
+
+def _row_sums(x_row: torch.Tensor, w: torch.Tensor, block: int = 1) -> torch.Tensor:
+    # x_row [K] float32, w [N, K] (any dtype) -> [N] float32: sum_k x_row[k] * w[n, k], by chunks of the K axis;
+    # ``block`` output rows per pass over x_row (one reduction each, fused by Inductor into one loop that loads
+    # x_row once for all of them).
     N, K = w.shape
     C = reduction_chunks(K)
-    if C == 1:
+    if block == 1 and C == 1:
         return (x_row * w.float()).sum(-1)
-    return (x_row.view(C, K // C) * w.float().view(N, C, K // C)).sum(-1).sum(-1)  # [N, C] -> [N]
+    if block == 1:
+        return (x_row.view(C, K // C) * w.float().view(N, C, K // C)).sum(-1).sum(-1)  # [N, C] -> [N]
+    x_chunks = x_row.view(C, K // C)
+    w_blocks = w.float().view(N // block, block, C, K // C)
+    parts = [(x_chunks * w_blocks[:, j]).sum(-1).sum(-1) for j in range(block)]  # block x [N / block]
+    return torch.stack(parts, -1).reshape(N)  # [N / block, block] -> [N]
 
 
 def _float_product(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor]:
     # x [M, K], w [N, K] -> ([M, N],): one reduction over K per row of x, unrolled over the M rows so that each
     # is a single streaming pass over w.
-    rows = [_row_sums(x[m].float(), w) for m in range(x.shape[0])]  # M x [N] float32
+    block = row_block(*w.shape, x.element_size(), x.shape[0])
+    rows = [_row_sums(x[m].float(), w, block) for m in range(x.shape[0])]  # M x [N] float32
     return (torch.stack(rows).to(x.dtype),)
 
 
@@ -86,7 +120,8 @@ def _int8_product(x32: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> t
     # scaled after the sum. The activations come in float32 (converted once, outside): converting them inside the
     # loop, once per output row, made the kernel compute-bound (3072 x 1024, 2 threads: 0.146 vs 0.106 ms).
     s = scales.float()
-    rows = [_row_sums(x32[m], q) * s for m in range(x32.shape[0])]  # M x [N] float32
+    block = row_block(*q.shape, x32.element_size(), x32.shape[0])
+    rows = [_row_sums(x32[m], q, block) * s for m in range(x32.shape[0])]  # M x [N] float32
     return (torch.stack(rows).to(scales.dtype),)
 
 
@@ -188,6 +223,40 @@ def int8_gemv(x2: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.
     x32, scales = x2.detach().float().contiguous(), scales.to(x2.dtype).contiguous()  # result in x2's dtype
     q = q.contiguous()
     return _kernel("int8", x32, q, scales)(x32, q, scales)
+
+
+@functools.cache
+def onednn_float32_available() -> bool:
+    """Whether oneDNN multiplies float32 activations by a plain float32 weight here (``mkldnn._linear_pointwise``,
+    which takes the weight in PyTorch's layout as it is): the op exists and gives the right product on a small
+    matrix. Checked once per process."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    try:
+        y = torch.ops.mkldnn._linear_pointwise(torch.ones(3, 16), torch.ones(8, 16), None, "none", [], "")
+    except RuntimeError as e:  # a build or CPU whose oneDNN refuses it: PyTorch's BLAS then
+        logger.info("oneDNN cannot multiply float32 by plain weights here (%s); using F.linear", e)
+        return False
+    return bool((y == 16).all())
+
+
+def dense_linear(x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x2 [M, K] @ weight.T`` -> [M, N] for a plain (not prepacked) CPU weight of ``x2``'s dtype, without autograd.
+
+    float32 goes to oneDNN's product on the plain weight (``mkldnn._linear_pointwise``, which takes it as it is:
+    no second copy) where :func:`onednn_float32_available`: PyTorch's ``F.linear`` hands float32 to its BLAS,
+    which on this kind of machine runs 1.1-3.7x slower than oneDNN on the same weight (AVX-512 AMD EPYC,
+    2 threads, 13696 x 5120: 4 rows 44.9 vs 12.2 ms, 128 rows 147.5 vs 87.6, 512 rows 418.6 vs 327.9;
+    2752 x 1024, 512 rows: 15.3 vs 13.5), and as fast as oneDNN's prepacked layout. Both accumulate in float32
+    (results agree to accumulation order). Other dtypes (bfloat16 already goes to oneDNN), other devices,
+    ``torch.compile`` traces and autograd (oneDNN's op has no derivative) use ``F.linear``.
+    """
+    if x2.dtype == torch.float32 and weight.dtype == torch.float32 and x2.device.type == "cpu" \
+            and weight.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and not (torch.is_grad_enabled() and (x2.requires_grad or weight.requires_grad)) \
+            and onednn_float32_available():
+        return torch.ops.mkldnn._linear_pointwise(x2.contiguous(), weight, None, "none", [], "")
+    return F.linear(x2, weight)
 
 
 def compile_for(shapes, dtype: torch.dtype, codes: bool = False, progress: bool = False) -> int:

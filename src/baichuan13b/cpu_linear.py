@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_gemv import GEMV_MAX_ROWS, INT8_GEMV_MAX_IN, compile_for, gemv, gemv_applies, gemv_available, gemv_op
+from .cpu_gemv import (GEMV_MAX_ROWS, INT8_GEMV_MAX_IN, compile_for, dense_linear, gemv, gemv_applies,
+                       gemv_available, gemv_op)
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -120,22 +121,6 @@ class PackedLinear(nn.Module):
 WIDEN_ROWS = 16
 
 
-def dense_linear(x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x2 [M, K] @ weight.T`` -> [M, N] for a plain (not prepacked) CPU weight of ``x2``'s dtype, without autograd.
-
-    float32 goes to oneDNN's product on the plain weight (``mkldnn._linear_pointwise``, which takes it as it is:
-    no second copy) where :func:`packing_available`: PyTorch's ``F.linear`` hands float32 to its BLAS, which on
-    this kind of machine runs 1.1-3.7x slower than oneDNN on the same weight (AVX-512 AMD EPYC, 2 threads,
-    13696 x 5120: 4 rows 44.9 vs 12.2 ms, 128 rows 147.5 vs 87.6, 512 rows 418.6 vs 327.9; 2752 x 1024,
-    512 rows: 15.3 vs 13.5), and as fast as oneDNN's prepacked layout. Both accumulate in float32 (results agree
-    to accumulation order). Other dtypes (bfloat16 already goes to oneDNN) use ``F.linear``.
-    """
-    if x2.dtype == torch.float32 and weight.dtype == torch.float32 and x2.device.type == "cpu" \
-            and not torch.compiler.is_compiling() and packing_available(torch.float32):
-        return torch.ops.mkldnn._linear_pointwise(x2.contiguous(), weight, None, "none", [], "")
-    return F.linear(x2, weight)
-
-
 class StreamedLinear(nn.Linear):
     """A bias-free ``nn.Linear`` on CPU whose decode products stream the weight once: the streamed layout of
     :func:`pack_linear_weights`, and bfloat16 in the packed layout on CPUs where oneDNN cannot pack it (AVX2 only).
@@ -150,8 +135,8 @@ class StreamedLinear(nn.Linear):
       bfloat16 one row at a time
       (``python -m baichuan13b.bench.kernels --threads 2``, 3072 x 1024: 512 rows 160 ms vs 21.6 in float32
       including the weight's conversion);
-    * in between, or where the kernels cannot be compiled: :func:`dense_linear` (float32 through oneDNN on the
-      plain weight, 1.1-3.7x faster than ``F.linear`` here; other dtypes ``F.linear``);
+    * in between, or where the kernels cannot be compiled: :func:`~baichuan13b.cpu_gemv.dense_linear` (float32
+      through oneDNN on the plain weight, 1.1-3.7x faster than ``F.linear`` here; other dtypes ``F.linear``);
     * autograd: ``F.linear``;
     * inside a ``torch.compile`` trace (``compile=True`` decoding), up to ``GEMV_MAX_ROWS`` rows: the same kernel
       as an operator (:func:`~baichuan13b.cpu_gemv.gemv_op`), with Inductor fusing what lies between.

@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..cpu_gemv import GEMV_MAX_ROWS, gemv, gemv_available, int8_gemv
-from ..cpu_linear import WIDEN_ROWS, dense_linear, packing_available
+from ..cpu_gemv import GEMV_MAX_ROWS, dense_linear, gemv, gemv_available, int8_gemv
+from ..cpu_linear import WIDEN_ROWS, packing_available
 from ..quantization.functional import (
     int4_kernel_kind,
     int4_kernel_mm,

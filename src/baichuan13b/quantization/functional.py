@@ -21,9 +21,12 @@ dequantized weight.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..cpu_gemv import dense_linear
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 # Elements of dequantized weight materialised at once by the fallback matmul (16 Mi elements = 32 MiB in bf16).
@@ -115,9 +118,11 @@ def _row_blocks(rows: int, cols: int) -> list[tuple[int, int]]:
     return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
 
-def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``x @ dequantize(q, scales).T`` by blocks of output rows (the portable fallback): [..., N]."""
-    outs = [F.linear(x, dequantize_int8(q[r0:r1], scales[r0:r1], x.dtype)) for r0, r1 in _row_blocks(*q.shape)]
+def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor,
+                          linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear) -> torch.Tensor:
+    """``x @ dequantize(q, scales).T`` by blocks of output rows (the portable fallback): [..., N]. ``linear`` is
+    the product of each block (``F.linear``: differentiable)."""
+    outs = [linear(x, dequantize_int8(q[r0:r1], scales[r0:r1], x.dtype)) for r0, r1 in _row_blocks(*q.shape)]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
 
@@ -266,11 +271,12 @@ INT8_WIDEN_ROWS = 128
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
     """``x [..., K] @ (q * scales).T`` -> [..., N], through ``_weight_int8pack_mm`` where available (on CPU, for
-    fewer than :data:`INT8_WIDEN_ROWS` rows; more rows are multiplied in float32, dequantized by blocks)."""
+    fewer than :data:`INT8_WIDEN_ROWS` rows; more rows are multiplied in float32, dequantized by blocks, through
+    :func:`~baichuan13b.cpu_gemv.dense_linear`). Not differentiable (``int8_linear_reference`` is)."""
     if use_kernel and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and int8_kernel_available(x.device):
         x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
         if x.device.type == "cpu" and x2.shape[0] >= INT8_WIDEN_ROWS:
-            y = int8_linear_reference(x2.float(), q, scales).to(x.dtype)  # [M, N]
+            y = int8_linear_reference(x2.float(), q, scales, linear=dense_linear).to(x.dtype)  # [M, N]
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, q, scales.to(x.dtype))  # [M, N]
         return y.reshape(*x.shape[:-1], q.shape[0])
