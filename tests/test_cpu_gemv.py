@@ -121,6 +121,11 @@ def test_streamed_linear_routes_by_rows_and_keeps_gradients(monkeypatch):
             assert streamed(x).shape == (*shape[:-1], 48)
     assert calls == [1, 1, 2, 2, 1, 1, 2, 2, -5, -5, -21, -21]  # more rows: the dense product
     calls.clear()
+    with torch.no_grad():  # an input that requires grad, under no_grad: no autograd, so the fast paths
+        streamed(_rand(1, 64, seed=5).requires_grad_())
+        streamed(_rand(5, 64, seed=5).requires_grad_())
+    assert calls == [1, -5]
+    calls.clear()
     x = _rand(1, 64, seed=6).requires_grad_()
     streamed(x).sum().backward()  # training through a streamed layer: PyTorch's differentiable product
     assert x.grad is not None and lin.weight.grad is not None and calls == []

@@ -154,7 +154,7 @@ class StreamedLinear(nn.Linear):
             return gemv_op(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
         if x2.dtype == self.weight.dtype and gemv_applies(x2, self.weight):
             return gemv(x2, self.weight).reshape(*x.shape[:-1], self.out_features)  # [..., N]
-        if x.requires_grad or (self.weight.requires_grad and torch.is_grad_enabled()):  # autograd: F.linear's
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):  # autograd: F.linear's
             return F.linear(x, self.weight)
         if x2.shape[0] >= WIDEN_ROWS and x.dtype == torch.bfloat16 and not packing_available(torch.bfloat16):
             y = dense_linear(x2.float(), self.weight.float()).to(x.dtype)  # [M, N]
