@@ -201,6 +201,7 @@ def _paged_greedy(model, prompts: list[list[int]], steps: int, graphs: bool) -> 
 def decode_speed(out: dict, device: torch.device, preset: str, modes: list[str], smoke: bool, gen_len: int,
                  bandwidth: float | None, compile: bool) -> None:
     """Batch-1 decode per mode (fp16 / int8 / int4) on random weights of ``preset``; one model alive at a time."""
+    from ..quantization import QuantizationConfig
     from .speed import measure, random_model
 
     cfg = _config(preset, smoke)
@@ -209,9 +210,8 @@ def decode_speed(out: dict, device: torch.device, preset: str, modes: list[str],
     for mode in modes:
         try:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-            model = random_model(cfg, dtype, device)
-            if mode != "fp16":
-                model.quantize(8 if mode == "int8" else 4)
+            qconfig = None if mode == "fp16" else QuantizationConfig(bits=8 if mode == "int8" else 4)
+            model = random_model(cfg, dtype, device, quantize=qconfig)  # quantized as built: no float16 model first
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 weights = torch.cuda.memory_allocated(device)
