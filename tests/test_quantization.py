@@ -158,6 +158,36 @@ def test_int4_kernel_layout_converts_back_exactly():
     assert bf16.kernel == "cpu" and bf16.scales is None  # same dtype: scales and zeros live in the kernel's table
 
 
+needs_int4_layout = pytest.mark.skipif(
+    not (QF.int4_kernel_kind(torch.device("cpu"), 64, 256, 64) == "cpu" and QF.gemv_available()
+         and QF.int4_cpu_layout_known()),
+    reason="no CPU int4 kernel, generated kernels or known int4 layout here")
+
+
+@needs_int4_layout
+def test_int4_prefills_multiply_the_dequantized_weight(monkeypatch):
+    # From INT4_DEQUANT_ROWS rows the CPU int4 product dequantizes by blocks of output rows (a last short block
+    # included) and multiplies with oneDNN: the weight-only product within bfloat16 rounding, like the kernel's.
+    monkeypatch.setattr(QF, "INT4_DEQUANT_BLOCK", 128)  # 320 rows: blocks of 128, 128, 64
+    torch.manual_seed(0)
+    module = WeightOnlyInt4Linear.from_float(torch.randn(320, 256) * 0.05, torch.bfloat16, 64)
+    exact_w = module.dequantize(torch.float64)
+    calls = []
+    real = QF.int4_dequantized_mm
+    monkeypatch.setattr(QF, "int4_dequantized_mm", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    for rows in (QF.INT4_DEQUANT_ROWS - 1, QF.INT4_DEQUANT_ROWS, 300):
+        x = torch.randn(rows, 256).bfloat16()
+        with torch.inference_mode():
+            y = module(x)
+        exact = x.double() @ exact_w.t()
+        assert y.dtype == torch.bfloat16 and y.shape == (rows, 320)
+        assert ((y.double() - exact).norm() / exact.norm()).item() < 5e-3, rows
+    assert calls == [QF.INT4_DEQUANT_ROWS, 300]  # fewer rows: the kernel
+    codes = torch.randint(0, 16, (320, 256), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    assert torch.equal(QF.unpack_int4_from_kernel("cpu", packed, 64, 320, 256), QF.pack_int4(codes.to(torch.uint8)))
+
+
 needs_fbgemm = pytest.mark.skipif(not QF.int8_fbgemm_available(), reason="fbgemm's int8 GEMM is not usable here")
 
 
