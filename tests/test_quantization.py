@@ -183,9 +183,10 @@ def test_int4_prefills_multiply_the_dequantized_weight(monkeypatch):
         assert y.dtype == torch.bfloat16 and y.shape == (rows, 320)
         assert ((y.double() - exact).norm() / exact.norm()).item() < 5e-3, rows
     assert calls == [QF.INT4_DEQUANT_ROWS, 300]  # fewer rows: the kernel
-    codes = torch.randint(0, 16, (320, 256), dtype=torch.int32)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    assert torch.equal(QF.unpack_int4_from_kernel("cpu", packed, 64, 320, 256), QF.pack_int4(codes.to(torch.uint8)))
+    for n, k in ((320, 256), (128, 13696)):  # the layout read back exactly, also at the 13B's longest rows
+        codes = torch.randint(0, 16, (n, k), dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        assert torch.equal(QF.unpack_int4_from_kernel("cpu", packed, 64, n, k), QF.pack_int4(codes.to(torch.uint8)))
 
 
 needs_fbgemm = pytest.mark.skipif(not QF.int8_fbgemm_available(), reason="fbgemm's int8 GEMM is not usable here")
