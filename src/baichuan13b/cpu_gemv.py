@@ -7,8 +7,13 @@ AVX-512 AMD EPYC (2 threads) ``F.linear`` reads a bfloat16 weight at 14.6 GB/s, 
 an elementwise product and a sum over the input dimension (``(x.float() * w.float()).sum(-1)``), the product is
 one loop that Inductor's C++ backend vectorizes: the weight is converted to float32 in registers and accumulated
 there, never written back, and the same matrix streams at 30-36 GB/s (bfloat16) and 20-30 GB/s (int8).
-Rows longer than :data:`REDUCTION_CHUNK` are summed by chunks, and int8 codes stream only for layers of up
-to :data:`INT8_GEMV_MAX_IN` inputs (past that fbgemm is faster; both measured at the 13B's shapes below).
+Rows longer than :data:`REDUCTION_CHUNK` are summed by chunks, activation rows longer than :data:`L1_ROW_BYTES`
+serve :data:`ROW_BLOCK` output rows per pass, and int8 codes stream only for layers of up to
+:data:`INT8_GEMV_MAX_IN` inputs (past that fbgemm is faster; all measured at the 13B's shapes below).
+
+The module also holds the CPU products around them that the layouts share: :func:`dense_linear` (float32
+products of many rows through oneDNN on the plain weight) and :func:`int4_weight_rows` (the float weight of rows
+held in PyTorch's CPU int4 kernel layout, one generated loop, for int4 prefills).
 
 :func:`gemv` runs that kernel for ``rows <= GEMV_MAX_ROWS`` (one kernel per dtype, row count and weight shape,
 compiled once per process and cached on disk by Inductor: about a second each the first time, 0.1 s after).
