@@ -344,7 +344,8 @@ def int4_dequantized_mm(x2: torch.Tensor, weight: torch.Tensor, scale_and_zeros:
     """``x2 [M, K] @ W.T`` -> [M, N] for a weight in PyTorch's CPU int4 kernel layout, dequantized by blocks of
     :data:`INT4_DEQUANT_BLOCK` output rows (:func:`~baichuan13b.cpu_gemv.int4_weight_rows`, float32 maths rounded
     once to ``scale_and_zeros.dtype``), each multiplied with ``F.linear`` (oneDNN). ``x2`` must already be in
-    that dtype. The weight's bfloat16 rounding adds about 0.1% relative error to the product, far below int4's own."""
+    that dtype. Rounding the weight to bfloat16 adds about 0.2% relative error to the product (2.8e-3 against
+    float64 vs the kernel's 1.7e-3, 13696 x 5120), two orders below int4's own."""
     N = scale_and_zeros.shape[1]
     outs = []
     for r0 in range(0, N, INT4_DEQUANT_BLOCK):
