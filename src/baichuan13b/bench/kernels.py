@@ -19,11 +19,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..cpu_gemv import GEMV_MAX_ROWS, dense_linear, gemv, gemv_available, int8_gemv
+from ..cpu_gemv import (GEMV_MAX_ROWS, INT4_CPU_BLOCK_N, dense_linear, gemv, gemv_available, int4_cpu_layout_known,
+                        int8_gemv)
 from ..cpu_linear import WIDEN_ROWS, packing_available
 from ..quantization.functional import (
+    INT4_DEQUANT_ROWS,
+    int4_dequantized_mm,
     int4_kernel_kind,
-    int4_kernel_mm,
     int8_fbgemm_available,
     int8_fbgemm_mm,
     int8_linear_reference,
@@ -85,8 +87,14 @@ def kernels(N: int, K: int, count: int, group_size: int) -> dict[str, tuple[torc
         packed = [pack_int4_for_kernel("cpu", *quantize_int4(w, group_size, torch.float32)) for w in plain]
         for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
             ws = [(w, sz.to(dtype)) for w, sz in packed]
-            out[f"int4 g{group_size} kernel, {name} activations"] = (
-                dtype, ws, N * K // 2, lambda x, w: int4_kernel_mm("cpu", x, w[0], group_size, w[1]))
+            out[f"int4 g{group_size} kernel, {name} activations"] = (  # the op itself, at any row count
+                dtype, ws, N * K // 2, lambda x, w: torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    x.to(w[1].dtype), w[0], group_size, w[1]))
+        if N % INT4_CPU_BLOCK_N == 0 and gemv_available() and int4_cpu_layout_known():
+            ws = [(w, sz.to(torch.bfloat16)) for w, sz in packed]
+            out[f"int4 g{group_size} dequantized by blocks + oneDNN (int4_kernel_mm from {INT4_DEQUANT_ROWS} "
+                "rows), bf16 activations"] = (
+                torch.bfloat16, ws, N * K // 2, lambda x, w: int4_dequantized_mm(x, w[0], w[1]))
     return out
 
 
